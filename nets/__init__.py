@@ -1,0 +1,11 @@
+"""Backbones, one file each, found by name (`--model_name resnet_v1_50` imports nets/resnet_v1_50.py).
+
+A net module exposes
+
+    endpoints(images) -> dict
+
+taking a Keras tensor of float32 RGB images (B, H, W, 3) with values in [0, 255] and returning
+a dict of named Keras tensors that holds at least `model_output`, the globally pooled
+features (B, F). The module does its own preprocessing (mean subtraction, scaling), so that
+every caller feeds the same images. Files starting with `_` hold shared code, not nets.
+"""
