@@ -38,6 +38,137 @@ def _cdist_numpy(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
         for start in range(0, len(a), rows):
             out[start:start + rows] = np.abs(a[start:start + rows, None] - b[None]).sum(-1)
         return out
-    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    squared = a @ b.T  # in place from here on: these are the largest arrays of an evaluation
+    squared *= -2.0
+    squared += (a * a).sum(1)[:, None]
+    squared += (b * b).sum(1)[None, :]
     np.maximum(squared, 0.0, out=squared)  # rounding can make identical rows slightly negative
-    return squared if metric == 'sqeuclidean' else np.sqrt(squared + 1e-12)
+    if metric == 'sqeuclidean':
+        return squared
+    squared += 1e-12
+    return np.sqrt(squared, out=squared)
+
+
+# ----------------------------------------------------------------------------- triplet losses
+# The losses take the (B, B) distance matrix of a batch and the (B,) identity labels and return
+# one value per anchor (B,), so that the training log can show min/mean/max; the training
+# objective is their mean.
+LOSSES = ('batch_hard', 'batch_all')
+MARGINS = ('soft', 'none')
+
+
+def _masks(pids):
+    """Positive (same identity, not the anchor itself) and negative masks, both (B, B) bool."""
+    import tensorflow as tf
+    same = tf.equal(pids[:, None], pids[None, :])
+    positive = tf.logical_and(same, tf.logical_not(tf.eye(tf.shape(pids)[0], dtype=tf.bool)))
+    return positive, tf.logical_not(same)
+
+
+def _apply_margin(diff, margin):
+    """Turns d_pos - d_neg (any shape) into the loss for a float margin, `soft` or `none`."""
+    import tensorflow as tf
+    if margin == 'soft':
+        return tf.nn.softplus(diff)
+    if margin == 'none':
+        return diff
+    if isinstance(margin, str):
+        raise ValueError(f'unknown margin {margin!r}; use a number, soft or none')
+    return tf.maximum(diff + float(margin), 0.0)
+
+
+def batch_hard(dists, pids, margin='soft'):
+    """The batch-hard triplet loss of Hermans, Beyer and Leibe (2017), one value per anchor.
+
+    For each anchor, the hardest positive is the farthest other sample of the same identity
+    and the hardest negative the closest sample of a different identity.
+
+    Args:
+        dists: (B, B) float distances, e.g. `cdist(emb, emb)`.
+        pids: (B,) identity labels (any dtype that compares with ==).
+        margin: a float m -> max(d_pos - d_neg + m, 0); `soft` -> softplus(d_pos - d_neg);
+            `none` -> d_pos - d_neg.
+
+    Returns:
+        (B,) float losses. An anchor without a positive gets d_pos = 0; without a negative,
+        d_neg = the largest distance of the batch (PK batches with P, K >= 2 have both).
+    """
+    import tensorflow as tf
+    positive, negative = _masks(pids)
+    zeros = tf.zeros_like(dists)
+    # Filling with the batch's largest distance (not inf) keeps the min unchanged when there
+    # are negatives, and the value finite when there are none. No gradient flows to a filler.
+    far = tf.fill(tf.shape(dists), tf.stop_gradient(tf.reduce_max(dists)))
+    hardest_pos = tf.reduce_max(tf.where(positive, dists, zeros), axis=1)  # (B,)
+    hardest_neg = tf.reduce_min(tf.where(negative, dists, far), axis=1)  # (B,)
+    return _apply_margin(hardest_pos - hardest_neg, margin)
+
+
+def batch_all(dists, pids, margin='soft'):
+    """The batch-all triplet loss (the paper's "BA"), one value per anchor.
+
+    Every valid triplet of the batch counts: anchor a, a positive p (same identity, p != a)
+    and a negative n (different identity). Anchor a's value is the mean loss over its
+    triplets, so in a PK batch (every anchor has (K-1)(B-K) triplets) the mean over anchors
+    is exactly the mean over all valid triplets of the batch. We average over all valid
+    triplets rather than only the active (non-zero) ones ("BA!=0" in the paper) because it
+    is the plain definition and stays smooth: with a hard margin the average over active
+    triplets jumps whenever a triplet becomes inactive.
+
+    Args:
+        dists: (B, B) float distances.
+        pids: (B,) identity labels.
+        margin: a float, `soft` or `none`, as for `batch_hard`.
+
+    Returns:
+        (B,) float losses; an anchor without any valid triplet gets 0.
+    """
+    import tensorflow as tf
+    positive, negative = _masks(pids)
+    valid = tf.logical_and(positive[:, :, None], negative[:, None, :])  # (B, B_pos, B_neg)
+    diff = dists[:, :, None] - dists[:, None, :]  # d(a, p) - d(a, n), (B, B, B)
+    losses = tf.where(valid, _apply_margin(diff, margin), tf.zeros_like(diff))
+    count = tf.reduce_sum(tf.cast(valid, dists.dtype), axis=[1, 2])
+    return tf.reduce_sum(losses, axis=[1, 2]) / tf.maximum(count, 1.0)
+
+
+def batch_metrics(dists, pids, losses) -> dict:
+    """What the training log and TensorBoard show about a batch.
+
+    Args:
+        dists: (B, B) distances.
+        pids: (B,) identity labels.
+        losses: (B,) per-anchor losses of `batch_hard` or `batch_all`.
+
+    Returns:
+        dict of
+        `top1` (B,) float: 1 where the nearest other sample has the anchor's identity;
+        `prec_at_k` (B,) float: the fraction of the anchor's n_pos nearest other samples that
+            share its identity, n_pos being its number of positives (K-1 in a PK batch);
+        `active` () float: how many anchors have a loss above 1e-5 (with a soft margin
+            nearly all always do); `active_fraction` () float: the same divided by B;
+        `pos_dists` (n,) and `neg_dists` (m,): the distances of all positive and all
+            negative pairs, for histograms.
+    """
+    import tensorflow as tf
+    positive, negative = _masks(pids)
+    batch = tf.shape(dists)[0]
+    # The anchor itself is moved last with +inf and dropped, rather than dropping the first
+    # column: another sample at distance 0 (a duplicate image) could sort before it.
+    others = tf.where(tf.eye(batch, dtype=tf.bool), tf.fill(tf.shape(dists), float('inf')),
+                      dists)
+    order = tf.argsort(others, axis=1, stable=True)[:, :-1]  # (B, B-1), nearest first
+    hits = tf.cast(tf.gather(positive, order, batch_dims=1), dists.dtype)  # (B, B-1)
+    n_pos = tf.reduce_sum(tf.cast(positive, tf.int32), axis=1)  # (B,)
+    ranks = tf.range(tf.shape(order)[1])[None, :]
+    within = tf.cast(ranks < n_pos[:, None], dists.dtype)
+    prec = tf.reduce_sum(hits * within, axis=1) / tf.maximum(tf.cast(n_pos, dists.dtype), 1.0)
+    active = tf.reduce_sum(tf.cast(losses > 1e-5, dists.dtype))
+    return {
+        'top1': hits[:, 0],
+        'prec_at_k': prec,
+        'active': active,
+        'active_fraction': active / tf.cast(batch, dists.dtype),
+        'pos_dists': tf.boolean_mask(dists, positive),
+        'neg_dists': tf.boolean_mask(dists, negative),
+    }

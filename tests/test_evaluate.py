@@ -1,0 +1,258 @@
+"""evaluate.py: the batched evaluation equals the per-query loop, and the CLI fails cleanly."""
+import json
+import re
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from conftest import ROOT, SHARED_DATA
+
+import common
+import evaluate
+from excluders import diagonal, duke, market1501
+
+
+def market_names(rng, pids, cams=6, prefix='bounding_box_test/'):
+    """Market-1501 style file names for the given identities, with random cameras."""
+    return np.array([f'{prefix}{pid}_c{rng.integers(1, cams + 1)}s1_{i:06d}_00.jpg'
+                     for i, pid in enumerate(pids)])
+
+
+def toy_market(rng, identities=30, per_identity=6, queries=40):
+    """A small Market-like split: junk (-1), distractors (0000) and real identities."""
+    gallery_pids = np.r_[np.repeat([f'{i:04d}' for i in range(1, identities + 1)], per_identity),
+                         ['-1'] * 10, ['0000'] * 15]
+    gallery_fids = market_names(rng, gallery_pids)
+    query_pids = rng.choice(gallery_pids[:identities * per_identity], queries)
+    query_fids = market_names(rng, query_pids, prefix='query/')
+    return query_pids, query_fids, gallery_pids, gallery_fids
+
+
+def embeddings(rng, pids, kind, dim=8):
+    """Embeddings of three kinds: random, clustered by identity, and integer (many ties)."""
+    if kind == 'random':
+        return rng.normal(size=(len(pids), dim)).astype(np.float32)
+    centers = {pid: rng.normal(size=dim) for pid in np.unique(pids)}
+    embs = np.array([centers[pid] for pid in pids]) + 0.8 * rng.normal(size=(len(pids), dim))
+    return np.round(embs).astype(np.float32) if kind == 'integer' else embs.astype(np.float32)
+
+
+def assert_same(fast, slow):
+    aps_fast = np.array(fast['aps'], dtype=float)
+    aps_slow = np.array(slow['aps'], dtype=float)
+    np.testing.assert_array_equal(np.isnan(aps_fast), np.isnan(aps_slow))
+    np.testing.assert_allclose(aps_fast, aps_slow, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(fast['CMC'], slow['CMC'], atol=1e-6, rtol=0)
+    assert abs(fast['mAP'] - slow['mAP']) < 1e-6
+    assert abs(fast['mINP'] - slow['mINP']) < 1e-6
+
+
+@pytest.mark.parametrize('market_ap', [False, True])
+@pytest.mark.parametrize('metric', ['euclidean', 'sqeuclidean', 'cityblock'])
+@pytest.mark.parametrize('kind', ['random', 'clustered', 'integer'])
+def test_batched_equals_loop(kind, metric, market_ap):
+    rng = np.random.default_rng(hash((kind, metric, market_ap)) % 2**32)
+    query_pids, query_fids, gallery_pids, gallery_fids = toy_market(rng)
+    query_embs = embeddings(rng, query_pids, kind)
+    gallery_embs = embeddings(rng, gallery_pids, kind)
+    excluder = market1501.Excluder(gallery_fids)
+    data = (query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs, excluder)
+    slow = evaluate.evaluate_loop(*data, metric=metric, market_ap=market_ap)
+    for batch_size in (1, 7, 1000):
+        fast = evaluate.evaluate(*data, metric=metric, market_ap=market_ap, batch_size=batch_size)
+        assert_same(fast, slow)
+
+
+@pytest.mark.parametrize('market_ap', [False, True])
+def test_duplicated_embeddings_tie_in_gallery_order(market_ap):
+    """Identical gallery embeddings tie exactly; both versions must break ties the same way."""
+    rng = np.random.default_rng(3)
+    query_pids, query_fids, gallery_pids, gallery_fids = toy_market(rng)
+    gallery_embs = np.repeat(rng.normal(size=(len(gallery_pids) // 5 + 1, 4)), 5, axis=0)
+    gallery_embs = gallery_embs[:len(gallery_pids)]
+    query_embs = gallery_embs[rng.integers(0, len(gallery_pids), len(query_pids))]
+    excluder = market1501.Excluder(gallery_fids)
+    data = (query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs, excluder)
+    assert_same(evaluate.evaluate(*data, market_ap=market_ap, batch_size=16),
+                evaluate.evaluate_loop(*data, market_ap=market_ap))
+
+
+def test_ap_definitions_on_a_hand_made_ranking():
+    """One query; gallery ranked miss, hit, miss, hit: the two AP definitions differ."""
+    query_embs = np.zeros((1, 1), np.float32)
+    gallery_embs = np.array([[1.0], [2.0], [3.0], [4.0]], np.float32)
+    gallery_pids = np.array(['b', 'a', 'c', 'a'])
+    gallery_fids = np.array(['g0', 'g1', 'g2', 'g3'])
+    args = (np.array(['a']), np.array(['q.jpg']), query_embs, gallery_pids, gallery_fids,
+            gallery_embs, diagonal.Excluder(gallery_fids))
+    # scikit-learn: mean of the precisions at the hits, 1/2 and 2/4.
+    assert evaluate.evaluate(*args)['aps'][0] == pytest.approx(0.5)
+    # MATLAB trapezoids: ((0/1 + 1/2) / 2 + (1/3 + 2/4) / 2) / 2.
+    assert evaluate.evaluate(*args, market_ap=True)['aps'][0] == pytest.approx((0.25 + 5 / 12) / 2)
+    result = evaluate.evaluate(*args)
+    assert result['CMC'] == [0.0, 1.0, 1.0, 1.0]  # first hit at rank 2
+    assert result['mINP'] == pytest.approx(2 / 4)  # two hits, the last at rank 4
+
+
+def test_queries_without_match_are_left_out():
+    rng = np.random.default_rng(4)
+    gallery_pids = np.array(['0001', '0001', '0002', '0002'])
+    gallery_fids = np.array(['0001_c1s1_000001_00.jpg', '0001_c2s1_000002_00.jpg',
+                             '0002_c1s1_000003_00.jpg', '0002_c2s1_000004_00.jpg'])
+    query_pids = np.array(['0001', '0003'])  # 0003 is nowhere in the gallery
+    query_fids = np.array(['0001_c3s1_000005_00.jpg', '0003_c1s1_000006_00.jpg'])
+    result = evaluate.evaluate(query_pids, query_fids, rng.normal(size=(2, 4)), gallery_pids,
+                               gallery_fids, rng.normal(size=(4, 4)),
+                               market1501.Excluder(gallery_fids))
+    assert result['aps'][1] is None and result['aps'][0] is not None
+    assert result['mAP'] == pytest.approx(result['aps'][0])
+    assert result['CMC'][-1] == pytest.approx(1.0)  # the CMC counts only the matched query
+
+
+@pytest.mark.parametrize('name, module', [('market1501', market1501), ('dukeMTMC', duke)])
+def test_real_split_lists(name, module):
+    """The official query/test lists, with embeddings of our own making, fast == loop."""
+    if not (SHARED_DATA / f'{name}_query.csv').exists():
+        pytest.skip(f'the official split lists are not in {SHARED_DATA}')
+    rng = np.random.default_rng(5)
+    query_pids, query_fids = common.load_dataset(SHARED_DATA / f'{name}_query.csv')
+    gallery_pids, gallery_fids = common.load_dataset(SHARED_DATA / f'{name}_test.csv')
+    picked = rng.choice(len(query_pids), 60, replace=False)  # the loop is slow: a sample
+    query_pids, query_fids = query_pids[picked], query_fids[picked]
+    query_embs = embeddings(rng, query_pids, 'clustered', dim=16)
+    gallery_embs = embeddings(rng, gallery_pids, 'clustered', dim=16)
+    excluder = module.Excluder(gallery_fids)
+    data = (query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs, excluder)
+    for market_ap in (False, True):
+        assert_same(evaluate.evaluate(*data, market_ap=market_ap, batch_size=25),
+                    evaluate.evaluate_loop(*data, market_ap=market_ap))
+
+
+def test_summary_line_format():
+    line = evaluate.summary_line({'mAP': 0.6914, 'CMC': list(np.linspace(0.8492, 1, 12))})
+    assert re.fullmatch(r'mAP: 69\.14% \| top-1: 84\.92% top-2: \d+\.\d\d% \| top-5: \d+\.\d\d% '
+                        r'\| top-10: \d+\.\d\d%', line)
+
+
+# ----------------------------------------------------------------------------- the CLI
+def write_split(tmp_path, rng, kind='clustered'):
+    query_pids, query_fids, gallery_pids, gallery_fids = toy_market(rng)
+    paths = {}
+    for name, pids, fids in (('query', query_pids, query_fids),
+                             ('gallery', gallery_pids, gallery_fids)):
+        paths[name + '_dataset'] = tmp_path / f'{name}.csv'
+        paths[name + '_dataset'].write_text(''.join(f'{p},{f}\n' for p, f in zip(pids, fids)))
+        paths[name + '_embeddings'] = tmp_path / f'{name}.h5'
+        common.save_embeddings(paths[name + '_embeddings'], embeddings(rng, pids, kind))
+    return paths
+
+
+def run_cli(paths, *extra):
+    args = [f'--{key}={value}' for key, value in paths.items()]
+    return subprocess.run([sys.executable, str(ROOT / 'evaluate.py'), '--excluder=market1501',
+                           *args, *extra], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_summary_and_writes_json(tmp_path):
+    paths = write_split(tmp_path, np.random.default_rng(6))
+    out = tmp_path / 'result.json'
+    done = run_cli(paths, f'--filename={out}', '--use_market_ap')
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r'mAP: \d+\.\d\d% \| top-1: .*top-10: \d+\.\d\d%\n', done.stdout)
+    result = json.loads(out.read_text())
+    assert set(result) >= {'mAP', 'CMC', 'aps', 'mINP', 'args'}
+    assert result['args']['use_market_ap'] is True
+    assert len(result['aps']) == 40 and len(result['CMC']) == 205
+    assert f"mAP: {result['mAP']:.2%}" in done.stdout
+
+
+def test_cli_does_not_import_tensorflow(tmp_path):
+    """evaluate.py is NumPy only, so it starts without TensorFlow's multi-second import."""
+    paths = write_split(tmp_path, np.random.default_rng(7))
+    args = [f'--{key}={value}' for key, value in paths.items()]
+    code = ('import runpy, sys\n'
+            'sys.argv = ["evaluate.py", *sys.argv[1:]]\n'
+            'try:\n    runpy.run_path("evaluate.py", run_name="__main__")\n'
+            'except SystemExit as e:\n    assert not e.code, e.code\n'
+            'assert "tensorflow" not in sys.modules, "tensorflow was imported"\n'
+            'print("no tensorflow")')
+    done = subprocess.run([sys.executable, '-c', code, '--excluder=market1501', *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and 'no tensorflow' in done.stdout, done.stderr
+
+
+def test_cli_warns_about_queries_without_match(tmp_path):
+    paths = write_split(tmp_path, np.random.default_rng(8))
+    with open(paths['query_dataset'], 'a') as f:
+        f.write('9999,query/9999_c1s1_000001_00.jpg\n')
+    with h5py.File(paths['query_embeddings'], 'r') as f:
+        embs = f['emb'][()]
+    common.save_embeddings(paths['query_embeddings'], np.r_[embs, embs[:1]])
+    done = run_cli(paths)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r'warning: 1 of 41 queries have no valid match.*9999_c1s1_000001_00\.jpg',
+                     done.stderr)
+
+
+def break_csv_row_count(paths):
+    with open(paths['gallery_dataset'], 'a') as f:
+        f.write('0001,bounding_box_test/0001_c1s1_999999_00.jpg\n')
+    return 'rows but the gallery embeddings have'
+
+
+def break_csv_line(paths):
+    lines = paths['query_dataset'].read_text().splitlines()
+    lines[4] = 'just-one-field'
+    paths['query_dataset'].write_text('\n'.join(lines) + '\n')
+    return 'query.csv:5: expected'
+
+
+def break_dimension(paths):
+    common.save_embeddings(paths['gallery_embeddings'], np.zeros((205, 3)))
+    return '8-D but gallery embeddings are 3-D'
+
+
+def break_nan(paths):
+    embs = np.ones((40, 8), np.float32)
+    embs[3, 2] = np.nan
+    common.save_embeddings(paths['query_embeddings'], embs)
+    return 'NaN or inf, the first is row 3'
+
+
+def break_missing_h5(paths):
+    paths['gallery_embeddings'].unlink()
+    return 'cannot read embeddings'
+
+
+def break_missing_csv(paths):
+    paths['query_dataset'].unlink()
+    return 'cannot read dataset'
+
+
+def break_h5_content(paths):
+    with h5py.File(paths['query_embeddings'], 'w') as f:
+        f['something'] = np.zeros(3)
+    return 'neither an "emb" nor an "embs" dataset'
+
+
+def break_unparsable_name(paths):
+    with open(paths['query_dataset']) as f:
+        lines = f.read().splitlines()
+    lines[0] = '0001,query/holiday.jpg'
+    paths['query_dataset'].write_text('\n'.join(lines) + '\n')
+    return 'holiday.jpg: not a Market-1501 file name'
+
+
+@pytest.mark.parametrize('breaker', [break_csv_row_count, break_csv_line, break_dimension,
+                                     break_nan, break_missing_h5, break_missing_csv,
+                                     break_h5_content, break_unparsable_name])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, breaker):
+    paths = write_split(tmp_path, np.random.default_rng(9))
+    expected = breaker(paths)
+    done = run_cli(paths)
+    assert done.returncode == 2, done.stderr
+    assert 'Traceback' not in done.stderr
+    assert done.stderr.count('\n') == 1 and done.stderr.startswith('evaluate.py: error: ')
+    assert expected in done.stderr

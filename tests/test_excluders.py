@@ -1,0 +1,48 @@
+"""excluders/: every protocol's mask, and clear errors for names it cannot parse."""
+import numpy as np
+import pytest
+
+import common
+from excluders import diagonal, duke, market1501
+
+
+@pytest.mark.parametrize('name', common.plugin_names('excluders'))
+def test_every_excluder_hides_the_query_itself(name):
+    """A query that is also in the gallery must never retrieve its own file."""
+    module = common.import_plugin('excluders', name)
+    fids = {'duke': ['0005_c2_f0046985.jpg', '0005_c3_f0046985.jpg', '0006_c2_f0046000.jpg']}.get(
+        name, ['0001_c1s1_001051_00.jpg', '0001_c2s1_001051_00.jpg', '0002_c1s1_000001_00.jpg'])
+    gallery = np.array(['dir/' + fid for fid in fids])
+    mask = module.Excluder(gallery)(gallery[[2, 0]])
+    assert mask.shape == (2, 3) and mask.dtype == bool
+    assert mask[0, 2] and mask[1, 0]
+
+
+def test_market1501_rules():
+    gallery = np.array(['bounding_box_test/0001_c1s1_000001_00.jpg',  # same id, same camera
+                        'bounding_box_test/0001_c2s1_000002_00.jpg',  # same id, other camera
+                        'bounding_box_test/-1_c3s1_000003_00.jpg',  # junk
+                        'bounding_box_test/0000_c1s1_000004_00.jpg',  # distractor
+                        'bounding_box_test/0002_c1s1_000005_00.jpg'])  # other id, same camera
+    mask = market1501.Excluder(gallery)(np.array(['query/0001_c1s2_000009_00.jpg']))
+    assert mask.tolist() == [[True, False, True, False, False]]
+
+
+def test_duke_rules():
+    gallery = np.array(['bounding_box_test/0005_c2_f0000001.jpg',
+                        'bounding_box_test/0005_c5_f0000002.jpg',
+                        'bounding_box_test/0007_c2_f0000003.jpg'])
+    mask = duke.Excluder(gallery)(np.array(['query/0005_c2_f0046985.jpg']))
+    assert mask.tolist() == [[True, False, False]]
+
+
+def test_diagonal_hides_only_the_same_file():
+    gallery = np.array(['a.jpg', 'b.jpg', 'a.jpg', 'c.jpg'])
+    mask = diagonal.Excluder(gallery)(np.array(['a.jpg', 'x.jpg']))
+    assert mask.tolist() == [[True, False, True, False], [False] * 4]
+
+
+@pytest.mark.parametrize('module', [market1501, duke])
+def test_unparsable_names_are_named(module):
+    with pytest.raises(common.InputError, match='holiday_photo.jpg'):
+        module.Excluder(np.array(['bounding_box_test/holiday_photo.jpg']))
