@@ -71,7 +71,8 @@ def evaluate_loop(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np
 def _summary(aps: np.ndarray, first_ranks: np.ndarray, inps: np.ndarray, gallery_size: int) -> dict:
     """Averages over the queries that have a match; `aps` holds NaN for those that have none."""
     valid = ~np.isnan(aps)
-    cmc = np.bincount(first_ranks, minlength=gallery_size)[:gallery_size].cumsum() / max(1, valid.sum())
+    cmc = np.bincount(first_ranks, minlength=gallery_size)[:gallery_size].cumsum()
+    cmc = cmc / max(1, valid.sum())
     return {'mAP': float(aps[valid].mean()) if valid.any() else 0.0,
             'mINP': float(inps.mean()) if len(inps) else 0.0,
             'CMC': cmc.tolist(),
@@ -182,8 +183,9 @@ def main() -> None:
     gallery_pids, gallery_fids = common.load_dataset(args.gallery_dataset)
     query_embs = common.load_embeddings(args.query_embeddings)
     gallery_embs = common.load_embeddings(args.gallery_embeddings)
-    for name, fids, embs, csv_file in (('query', query_fids, query_embs, args.query_dataset),
-                                       ('gallery', gallery_fids, gallery_embs, args.gallery_dataset)):
+    for name, fids, embs, csv_file in (
+            ('query', query_fids, query_embs, args.query_dataset),
+            ('gallery', gallery_fids, gallery_embs, args.gallery_dataset)):
         if len(fids) != len(embs):
             raise common.InputError(f'{csv_file} has {len(fids)} rows but the {name} embeddings '
                                     f'have {len(embs)}: were they computed from another CSV?')
@@ -197,7 +199,9 @@ def main() -> None:
 
     unmatched = [fid for fid, ap in zip(query_fids, result['aps']) if ap is None]
     if unmatched:
-        names = ', '.join(unmatched[:10]) + (f' and {len(unmatched) - 10} more' if len(unmatched) > 10 else '')
+        names = ', '.join(unmatched[:10])
+        if len(unmatched) > 10:
+            names += f' and {len(unmatched) - 10} more'
         print(f'warning: {len(unmatched)} of {len(query_fids)} queries have no valid match in the '
               f'gallery and are left out of mAP and CMC: {names}', file=sys.stderr)
     print(summary_line(result))

@@ -1,4 +1,4 @@
-"""The multi-camera protocol that Market-1501 and DukeMTMC-reID share; their files give the pattern."""
+"""The multi-camera protocol of Market-1501 and DukeMTMC-reID; their modules give the pattern."""
 import re
 from pathlib import PurePath
 

@@ -1,4 +1,4 @@
-"""Market-1501: names like 0001_c1s1_001051_00.jpg (identity, camera c1, sequence s1, frame, box)."""
+"""Market-1501: names like 0001_c1s1_001051_00.jpg (identity, camera, sequence, frame, box)."""
 import numpy as np
 
 from excluders._camera import CameraExcluder

@@ -178,8 +178,8 @@ def test_cli_does_not_import_tensorflow(tmp_path):
             'except SystemExit as e:\n    assert not e.code, e.code\n'
             'assert "tensorflow" not in sys.modules, "tensorflow was imported"\n'
             'print("no tensorflow")')
-    done = subprocess.run([sys.executable, '-c', code, '--excluder=market1501', *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, '-c', code, '--excluder=market1501', *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and 'no tensorflow' in done.stdout, done.stderr
 
 
