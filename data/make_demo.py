@@ -1,0 +1,295 @@
+"""Draws a small synthetic person re-id dataset, laid out and named like Market-1501.
+
+    python data/make_demo.py --out data/demo
+
+Every identity is a stick-figure pedestrian with its own clothing (colours, a pattern on the
+top, sleeves, trousers/shorts/skirt, shoes, hair, an optional hat and bag). Each of several
+"cameras" has its own background, lighting, colour cast, blur, noise, JPEG quality and
+preferred viewpoint (front or back); every image also varies pose, position, scale and
+brightness. The output is deterministic for a seed, byte for byte:
+
+    OUT/bounding_box_train/0001_c1s1_000017_01.jpg   images of the training identities
+    OUT/query/0101_c3s1_000412_00.jpg                one per test identity and camera
+    OUT/bounding_box_test/...                        the other test images, distractors
+                                                     (identity 0000) and junk (-1)
+    OUT/demo_train.csv, demo_query.csv, demo_test.csv   `pid,relative/path`, paths relative
+                                                     to OUT, sorted as prepare.py sorts them
+"""
+import argparse
+import csv
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# Scripts in data/ run as `python data/make_demo.py`: the repo root must be on the path for common.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+parser = argparse.ArgumentParser(description='Draw a small synthetic re-id dataset (Market-1501 '
+                                 'layout and names) with train/query/test CSVs.')
+parser.add_argument('--out', type=Path, required=True,
+                    help='folder to write into; an existing demo folder is replaced, any other '
+                         'non-empty folder is refused')
+parser.add_argument('--seed', type=int, default=0, help='random seed; same seed, same bytes')
+parser.add_argument('--train_ids', type=common.positive_int, default=100,
+                    help='identities for training (default: 100)')
+parser.add_argument('--test_ids', type=common.positive_int, default=100,
+                    help='identities for query and gallery (default: 100)')
+parser.add_argument('--cameras', type=common.positive_int, default=6,
+                    help='number of cameras, at least 2 (default: 6, as Market-1501)')
+parser.add_argument('--distractors', type=common.nonnegative_int, default=50,
+                    help='gallery images of one-off people, identity 0000 (default: 50)')
+parser.add_argument('--junk', type=common.nonnegative_int, default=20,
+                    help='gallery images of background and cut-off people, identity -1, which '
+                         'the market1501 excluder ignores (default: 20)')
+parser.add_argument('--height', type=common.positive_int, default=128,
+                    help='image height in pixels (default: 128, as Market-1501)')
+parser.add_argument('--width', type=common.positive_int, default=64,
+                    help='image width in pixels (default: 64)')
+
+SPLITS = {'train': 'bounding_box_train', 'query': 'query', 'test': 'bounding_box_test'}
+# Few colours on purpose: identities share single colours, only combinations tell them apart.
+TOP_COLOURS = [(40, 40, 200), (200, 60, 40), (40, 160, 40), (30, 200, 230), (230, 230, 230),
+               (35, 35, 35), (140, 60, 150), (0, 120, 255), (150, 150, 150), (120, 80, 30)]
+BOTTOM_COLOURS = [(40, 30, 25), (130, 70, 20), (90, 90, 90), (200, 200, 200), (60, 90, 140),
+                  (30, 30, 110), (20, 60, 20)]
+SKIN = [(150, 180, 230), (120, 150, 200), (80, 110, 160), (50, 70, 110)]
+HAIR = [(20, 20, 20), (30, 60, 100), (80, 170, 210), (170, 170, 170), (30, 60, 160)]
+PATTERNS = ('plain', 'hstripes', 'vstripes', 'split', 'logo')
+
+
+# ----------------------------------------------------------------------------- appearance
+def pick(rng: np.random.Generator, options: list):
+    return options[rng.integers(len(options))]
+
+
+def make_person(rng: np.random.Generator) -> dict:
+    """The appearance of one identity: what stays the same in every image of it."""
+    return {
+        'skin': pick(rng, SKIN), 'hair': pick(rng, HAIR), 'long_hair': rng.random() < 0.3,
+        'hat': pick(rng, TOP_COLOURS) if rng.random() < 0.2 else None,
+        'top': pick(rng, TOP_COLOURS), 'top2': pick(rng, TOP_COLOURS),
+        'pattern': pick(rng, PATTERNS), 'short_sleeves': rng.random() < 0.4,
+        'bottom': pick(rng, BOTTOM_COLOURS),
+        'legwear': pick(rng, ['trousers', 'trousers', 'trousers', 'shorts', 'skirt']),
+        'shoes': pick(rng, [(20, 20, 20), (230, 230, 230), (40, 60, 120), (30, 30, 180)]),
+        'bag': pick(rng, [None, None, 'backpack', 'shoulder']), 'bag_colour': pick(rng, HAIR),
+        'build': rng.uniform(0.85, 1.2), 'tall': rng.uniform(0.92, 1.05),
+    }
+
+
+def make_camera(rng: np.random.Generator) -> dict:
+    """What one camera does to every image it takes."""
+    return {
+        'wall': rng.integers(60, 200, 3), 'floor': rng.integers(40, 180, 3),
+        'horizon': rng.uniform(0.45, 0.75), 'texture': pick(rng, ['noise', 'tiles', 'gradient']),
+        'gain': rng.uniform(0.65, 1.25), 'cast': rng.uniform(0.8, 1.2, 3),
+        'noise': rng.uniform(2, 8), 'blur': rng.uniform(0, 1.2),
+        'quality': int(rng.integers(70, 96)), 'p_back': rng.uniform(0.1, 0.9),
+        'scale': rng.uniform(0.78, 0.95),
+    }
+
+
+# ----------------------------------------------------------------------------- drawing
+def draw_background(rng: np.random.Generator, cam: dict, h: int, w: int) -> np.ndarray:
+    horizon = int(h * (cam['horizon'] + rng.uniform(-0.05, 0.05)))
+    image = np.empty((h, w, 3), np.float32)
+    image[:horizon], image[horizon:] = cam['wall'], cam['floor']
+    if cam['texture'] == 'noise':
+        blobs = rng.normal(0, 25, (h // 8 + 1, w // 8 + 1, 3)).astype(np.float32)
+        image += cv2.resize(blobs, (w, h), interpolation=cv2.INTER_LINEAR)
+    elif cam['texture'] == 'tiles':
+        step, offset = int(rng.integers(8, 16)), int(rng.integers(16))
+        image[:horizon, (np.arange(w) + offset) % step < 2] *= 0.7
+        image[horizon:][(np.arange(h - horizon) + offset) % step < 2] *= 0.8
+    else:
+        image *= np.linspace(1.2, 0.7, h, dtype=np.float32)[:, None, None]
+    for _ in range(int(rng.integers(0, 3))):  # clutter: poles, signs, doors
+        x0, y0 = int(rng.integers(w)), int(rng.integers(h))
+        x1, y1 = x0 + int(rng.integers(3, w // 2)), y0 + int(rng.integers(5, h // 2))
+        image[y0:y1, x0:x1] = rng.integers(0, 256, 3)
+    # OpenCV anti-aliases only on 8-bit images: the person is drawn on uint8.
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def limb(image, start, angle, length, thickness, colour):
+    """Draws a thick line from `start` at `angle` (radians from straight down); returns its end."""
+    end = (start[0] + length * np.sin(angle), start[1] + length * np.cos(angle))
+    cv2.line(image, (int(start[0]), int(start[1])), (int(end[0]), int(end[1])), colour,
+             max(1, int(thickness)), cv2.LINE_AA)
+    return end
+
+
+def draw_person(image: np.ndarray, rng: np.random.Generator, person: dict, cam: dict,
+                back: bool) -> None:
+    """Draws `person` in a random pose, position and size onto the uint8 image (H, W, 3)."""
+    h, w = image.shape[:2]
+    height = h * cam['scale'] * person['tall'] * rng.uniform(0.9, 1.05)
+    u = height / 8  # about one head height
+    cx = w / 2 + rng.uniform(-0.12, 0.12) * w
+    top = h - height - rng.uniform(0.0, 0.06) * h
+    half = 0.8 * u * person['build']
+    shoulder_y, hip_y = top + 1.1 * u, top + 3.9 * u
+    stride, swing = rng.uniform(-0.35, 0.35), rng.uniform(-0.5, 0.5)
+    flip = 1 if rng.random() < 0.5 else -1  # which side the shoulder bag and split colours show
+
+    # Legs first, so that the torso hides the hip joints.
+    for side, angle in ((-1, stride), (1, -stride)):
+        hip = (cx + side * 0.45 * half, hip_y)
+        legwear = person['bottom'] if person['legwear'] == 'trousers' else person['skin']
+        foot = limb(image, hip, angle, 3.9 * u, 0.6 * u, legwear)
+        if person['legwear'] == 'shorts':
+            limb(image, hip, angle, 1.8 * u, 0.65 * u, person['bottom'])
+        shoe = (max(1, int(0.4 * u)), max(1, int(0.2 * u)))
+        cv2.ellipse(image, (int(foot[0]), int(foot[1])), shoe, 0, 0, 360, person['shoes'], -1,
+                    cv2.LINE_AA)
+    if person['legwear'] == 'skirt':
+        skirt = np.array([[cx - half, hip_y - 0.2 * u], [cx + half, hip_y - 0.2 * u],
+                          [cx + 1.4 * half, hip_y + 1.9 * u], [cx - 1.4 * half, hip_y + 1.9 * u]])
+        cv2.fillPoly(image, [skirt.astype(np.int32)], person['bottom'], cv2.LINE_AA)
+    if person['bag'] == 'backpack' and not back:  # seen from the front, only a bit sticks out
+        cv2.rectangle(image, (int(cx - 1.25 * half), int(shoulder_y + 0.3 * u)),
+                      (int(cx + 1.25 * half), int(hip_y - 0.5 * u)), person['bag_colour'], -1)
+
+    # The torso, with the identity's pattern.
+    torso = np.array([[cx - half, shoulder_y], [cx + half, shoulder_y],
+                      [cx + 0.85 * half, hip_y], [cx - 0.85 * half, hip_y]]).astype(np.int32)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [torso], 255)
+    layer = np.empty_like(image)
+    layer[:] = person['top']
+    ys, xs = np.arange(h)[:, None], np.arange(w)[None, :]
+    period = max(2, int(0.5 * u))
+    pattern = person['pattern']
+    if pattern == 'hstripes':
+        layer[((ys - int(shoulder_y)) // period % 2 == 1).repeat(w, 1)] = person['top2']
+    elif pattern == 'vstripes':
+        layer[((xs - int(cx)) // period % 2 == 1).repeat(h, 0)] = person['top2']
+    elif pattern == 'split':
+        layer[((xs - cx) * flip > 0).repeat(h, 0)] = person['top2']
+    elif pattern == 'logo' and not back:
+        cv2.circle(layer, (int(cx), int(shoulder_y + 1.1 * u)), max(1, int(0.45 * half)),
+                   person['top2'], -1)
+    image[mask > 0] = layer[mask > 0]
+    if person['bag'] == 'backpack' and back:
+        cv2.rectangle(image, (int(cx - 0.75 * half), int(shoulder_y + 0.3 * u)),
+                      (int(cx + 0.75 * half), int(hip_y - 0.3 * u)), person['bag_colour'], -1)
+
+    # Arms swing against the legs; short sleeves leave the forearm bare.
+    for side in (-1, 1):
+        shoulder = (cx + side * 0.95 * half, shoulder_y + 0.25 * u)
+        angle = side * 0.12 + swing * side * (1 if side * stride > 0 else -1)
+        sleeve = 1.3 * u if person['short_sleeves'] else 3.0 * u
+        limb(image, shoulder, angle, 3.0 * u, 0.45 * u, person['skin'])
+        limb(image, shoulder, angle, sleeve, 0.5 * u, person['top'])
+    if person['bag'] == 'shoulder':
+        x = cx + flip * 1.15 * half
+        cv2.line(image, (int(cx - flip * 0.7 * half), int(shoulder_y)), (int(x), int(hip_y)),
+                 person['bag_colour'], max(1, int(0.15 * u)), cv2.LINE_AA)
+        cv2.rectangle(image, (int(x - 0.45 * u), int(hip_y - 0.3 * u)),
+                      (int(x + 0.45 * u), int(hip_y + 0.6 * u)), person['bag_colour'], -1)
+
+    # Head: hair covers it from behind; long hair falls on the shoulders.
+    head = (int(cx), int(top + 0.55 * u))
+    radius = max(2, int(0.5 * u))
+    if person['long_hair']:
+        cv2.rectangle(image, (int(cx - 0.6 * u), head[1]),
+                      (int(cx + 0.6 * u), int(shoulder_y + 0.6 * u)), person['hair'], -1)
+    cv2.circle(image, head, radius, person['hair'] if back else person['skin'], -1, cv2.LINE_AA)
+    cv2.ellipse(image, head, (radius, radius), 0, 180, 360, person['hair'], -1, cv2.LINE_AA)
+    if person['hat'] is not None:
+        cv2.rectangle(image, (int(cx - 0.6 * u), int(top - 0.1 * u)),
+                      (int(cx + 0.6 * u), int(top + 0.35 * u)), person['hat'], -1)
+
+
+def photograph(image: np.ndarray, rng: np.random.Generator, cam: dict) -> bytes:
+    """Applies the camera's lighting, blur and noise, and encodes the JPEG."""
+    gain = cam['gain'] * rng.uniform(0.85, 1.15)
+    colour = gain * cam['cast'] * rng.uniform(0.95, 1.05, 3)
+    image = image.astype(np.float32) * colour.astype(np.float32)
+    sigma = cam['blur'] + rng.uniform(0, 0.4)
+    if sigma > 0.3:
+        image = cv2.GaussianBlur(image, (0, 0), sigma)
+    image += rng.normal(0, cam['noise'], image.shape).astype(np.float32)
+    ok, jpeg = cv2.imencode('.jpg', np.clip(image, 0, 255).astype(np.uint8),
+                            [cv2.IMWRITE_JPEG_QUALITY, cam['quality']])
+    assert ok, 'OpenCV could not encode a JPEG'
+    return jpeg.tobytes()
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    args = parser.parse_args()
+    if args.cameras < 2:
+        raise common.InputError(f'--cameras {args.cameras}: cross-camera re-id needs at least 2')
+    if args.cameras > 9:
+        raise common.InputError(f'--cameras {args.cameras}: Market-1501 names hold one digit')
+    if args.train_ids + args.test_ids > 9999:
+        raise common.InputError('--train_ids plus --test_ids must fit in four digits (<= 9999)')
+    if args.height < 32 or args.width < 16:
+        raise common.InputError(f'{args.height}x{args.width} is too small to draw a person in '
+                                '(at least 32x16)')
+    out = args.out
+    if out.exists() and any(out.iterdir()) and not (out / 'demo_train.csv').is_file():
+        raise common.InputError(f'{out} is not empty and not a demo folder: refusing to write')
+    try:
+        for sub in SPLITS.values():
+            shutil.rmtree(out / sub, ignore_errors=True)
+            (out / sub).mkdir(parents=True)
+    except OSError as e:
+        raise common.InputError(f'cannot write to {out}: {e}') from None
+
+    # Separate streams per identity and camera: identity 0150 looks the same whatever the
+    # number of training identities or cameras.
+    cams = [make_camera(np.random.default_rng([args.seed, 1, c])) for c in range(args.cameras)]
+    frames = np.zeros(args.cameras, np.int64)
+    rng = np.random.default_rng([args.seed, 0])
+    tables = {split: [] for split in SPLITS}
+
+    def shoot(pid: str, person: dict | None, cam_index: int, split: str, box: int) -> None:
+        cam = cams[cam_index]
+        image = draw_background(rng, cam, args.height, args.width)
+        if person is not None:
+            draw_person(image, rng, person, cam, back=rng.random() < cam['p_back'])
+        frames[cam_index] += rng.integers(3, 60)  # frame numbers grow, as along a video
+        name = f'{pid}_c{cam_index + 1}s1_{frames[cam_index]:06d}_{box:02d}.jpg'
+        fid = f'{SPLITS[split]}/{name}'
+        (out / fid).write_bytes(photograph(image, rng, cam))
+        tables[split].append((pid, fid))
+
+    # Identities: each seen by 2+ cameras, 2-5 images in each, so that every query has a
+    # match in another camera.
+    for number in range(1, args.train_ids + args.test_ids + 1):
+        person = make_person(np.random.default_rng([args.seed, 2, number]))
+        n_cams = int(rng.integers(2, min(4, args.cameras) + 1))
+        is_test = number > args.train_ids
+        for cam_index in sorted(rng.choice(args.cameras, n_cams, replace=False)):
+            n_images = int(rng.integers(2, 6))
+            query = int(rng.integers(n_images)) if is_test else -1
+            for i in range(n_images):
+                split = 'train' if not is_test else 'query' if i == query else 'test'
+                # Box 00 marks a hand-drawn query box in Market-1501, 01+ a detector's boxes.
+                shoot(f'{number:04d}', person, int(cam_index), split, 0 if i == query else 1)
+
+    # Distractors are one-off people; junk is background, or a person mostly out of the box.
+    for i in range(args.distractors):
+        person = make_person(np.random.default_rng([args.seed, 3, i]))
+        shoot('0000', person, int(rng.integers(args.cameras)), 'test', 1)
+    for i in range(args.junk):
+        person = make_person(np.random.default_rng([args.seed, 4, i])) if i % 2 else None
+        if person is not None:
+            person['tall'] *= 2.2  # only the legs fit in the box
+        shoot('-1', person, int(rng.integers(args.cameras)), 'test', 1)
+
+    for split, rows in tables.items():
+        with open(out / f'demo_{split}.csv', 'w', newline='', encoding='utf-8') as f:
+            csv.writer(f, lineterminator='\n').writerows(sorted(rows, key=lambda row: row[1]))
+        print(f'wrote {out}/demo_{split}.csv: {len(rows)} images of '
+              f'{len({pid for pid, _ in rows})} identities')
+
+
+if __name__ == '__main__':
+    common.run(main)
