@@ -1,0 +1,7 @@
+"""ResNet-101 v1 as slim's resnet_v1_101 (resnet_v1_101.ckpt loads by name): 2048-D features."""
+from nets import _resnet_v1
+
+
+def endpoints(images) -> dict:
+    """ResNet-101 v1 on float RGB images (B, H, W, 3) in [0, 255]: `model_output` (B, 2048)."""
+    return _resnet_v1.endpoints(images, 'resnet_v1_101', (3, 4, 23, 3))

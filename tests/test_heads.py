@@ -1,0 +1,88 @@
+"""Tests of the embedding heads in heads/ (every module found there), on a stand-in net output."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import common
+
+HEADS = common.plugin_names('heads')
+FEATURES, EMBEDDING_DIM = 12, 5
+
+
+def _head_model(name):
+    features = keras.Input((FEATURES,))
+    endpoints = common.import_plugin('heads', name).endpoints({'model_output': features},
+                                                              EMBEDDING_DIM)
+    return keras.Model(features, endpoints)
+
+
+def _features(batch=6, seed=0):
+    return np.random.RandomState(seed).randn(batch, FEATURES).astype(np.float32)
+
+
+@pytest.mark.parametrize('name', HEADS)
+def test_head_endpoints(name):
+    model = _head_model(name)
+    out = model(_features(), training=False)
+    assert {'model_output', 'emb_raw', 'emb'} <= set(out)
+    assert out['emb'].shape == out['emb_raw'].shape == (6, EMBEDDING_DIM)
+    np.testing.assert_array_equal(out['model_output'].numpy(), _features())  # passed through
+    norms = np.linalg.norm(out['emb'].numpy(), axis=1)
+    if name.endswith('_normalize'):
+        np.testing.assert_allclose(norms, 1, rtol=1e-5)
+        raw = out['emb_raw'].numpy()
+        np.testing.assert_allclose(out['emb'].numpy(),
+                                   raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(out['emb'].numpy(), out['emb_raw'].numpy())
+
+
+@pytest.mark.parametrize('name', HEADS)
+def test_head_gradients_finite_even_for_identical_inputs(name):
+    model = _head_model(name)
+    for features in (_features(), np.zeros((4, FEATURES), np.float32)):
+        with tf.GradientTape() as tape:
+            emb = model(features, training=True)['emb']
+            loss = tf.reduce_sum(emb * np.arange(EMBEDDING_DIM, dtype=np.float32))
+        grads = tape.gradient(loss, model.trainable_variables)
+        assert all(g is not None and np.isfinite(g.numpy()).all() for g in grads)
+
+
+@pytest.mark.parametrize('name', HEADS)
+def test_head_eager_and_tf_function_agree(name):
+    model = _head_model(name)
+    compiled = tf.function(lambda x, training: model(x, training=training)['emb'],
+                           autograph=False)
+    for training in (False, True):
+        np.testing.assert_allclose(compiled(_features(seed=1), training).numpy(),
+                                   model(_features(seed=1), training=training)['emb'].numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', HEADS)
+def test_emb_layer_is_orthogonal_with_bias(name):
+    # The paper's embedding layer: orthogonal init, and a bias (no batch norm follows it).
+    emb = _head_model(name).get_layer('emb')
+    kernel = emb.kernel.numpy()
+    assert emb.use_bias and emb.bias.shape == (EMBEDDING_DIM,)
+    gram = kernel.T @ kernel if kernel.shape[0] >= kernel.shape[1] else kernel @ kernel.T
+    np.testing.assert_allclose(gram, np.eye(len(gram)), atol=1e-5)
+
+
+def test_fc1024_matches_numpy_in_training_mode():
+    model = _head_model('fc1024')
+    x = _features(batch=8, seed=2)
+    bn = model.get_layer('fully_connected.BatchNorm')
+    assert (bn.decay, bn.epsilon, bn.scale) == (0.9, 1e-5, True)
+    assert not model.get_layer('fully_connected').use_bias  # batch norm follows
+    out = model(x, training=True)
+    h = x @ model.get_layer('fully_connected').kernel.numpy()
+    h = np.maximum((h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5), 0)  # gamma 1, beta 0 at init
+    np.testing.assert_allclose(out['head_output'].numpy(), h, rtol=1e-3, atol=1e-4)
+    emb = model.get_layer('emb')
+    np.testing.assert_allclose(out['emb'].numpy(), h @ emb.kernel.numpy() + emb.bias.numpy(),
+                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(bn.moving_mean.numpy(),
+                               0.1 * (x @ model.get_layer('fully_connected').kernel.numpy())
+                               .mean(0), rtol=1e-4, atol=1e-5)
