@@ -220,13 +220,13 @@ def read_image(path):
 def resize_image(image, height: int, width: int):
     """Resizes a uint8 RGB image (H, W, 3) to float32 (height, width, 3), values in [0, 255].
 
-    Bilinear without half-pixel centres: TF1's `tf.image.resize_images`, which the 2017 code
-    used for training and embedding, sampled this way (TF2's `tf.image.resize` shifts by half
-    a pixel). Works eagerly and inside tf.data / tf.function.
+    Bilinear with TF2's half-pixel centres, as embed.py resizes for experiments of this
+    project, so that training and embedding see the same pixels. (TF1's resize_images, used
+    by the 2017 code, sampled without half-pixel centres; embed.py's `legacy_resize` does
+    that for 2017 experiment roots.) Works eagerly and inside tf.data / tf.function.
     """
     import tensorflow as tf
-    return tf.raw_ops.ResizeBilinear(images=image[None], size=[height, width],
-                                     align_corners=False, half_pixel_centers=False)[0]
+    return tf.image.resize(image, (height, width), method='bilinear')
 
 
 def build_model(model_name: str, head_name: str, embedding_dim: int):

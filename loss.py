@@ -155,8 +155,8 @@ def batch_metrics(dists, pids, losses) -> dict:
     batch = tf.shape(dists)[0]
     # The anchor itself is moved last with +inf and dropped, rather than dropping the first
     # column: another sample at distance 0 (a duplicate image) could sort before it.
-    others = tf.where(tf.eye(batch, dtype=tf.bool), tf.fill(tf.shape(dists), float('inf')),
-                      dists)
+    inf = tf.fill(tf.shape(dists), tf.constant(np.inf, dists.dtype))
+    others = tf.where(tf.eye(batch, dtype=tf.bool), inf, dists)
     order = tf.argsort(others, axis=1, stable=True)[:, :-1]  # (B, B-1), nearest first
     hits = tf.cast(tf.gather(positive, order, batch_dims=1), dists.dtype)  # (B, B-1)
     n_pos = tf.reduce_sum(tf.cast(positive, tf.int32), axis=1)  # (B,)

@@ -1,0 +1,479 @@
+"""train.py: PK sampling, learning rate, the input pipeline, and the CLI run as a real subprocess
+(args.json, checkpoints, logs, refusals, bad data, SIGINT/SIGTERM then --resume, learning)."""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import common
+import loss
+import train
+from conftest import ROOT
+
+TINY = ['--model_name', 'mobilenet_v1_0_25', '--head_name', 'direct', '--embedding_dim', '8',
+        '--batch_p', '4', '--batch_k', '3', '--net_input_height', '32', '--net_input_width', '16',
+        '--pre_crop_height', '40', '--pre_crop_width', '20', '--crop_augment', '--flip_augment',
+        '--loading_threads', '2', '--seed', '5', '--learning_rate', '1e-3']
+RUN = ['--train_iterations', '40', '--decay_start_iteration', '30', '--checkpoint_frequency',
+       '10', '--detailed_logs', '--beta1_after_decay', '0.5']
+
+
+# ----------------------------------------------------------------------------- helpers
+def write_dataset(root, n_ids, per_id, noise, seed=0, size=(64, 32)):
+    """Identities as two random colours (top and bottom half) plus pixel noise; returns the CSV.
+
+    Identity 0 has only 2 images (fewer than K) and one image is a greyscale PNG.
+    """
+    rng = np.random.default_rng(seed)
+    (root / 'images').mkdir(parents=True, exist_ok=True)
+    lines = []
+    for pid in range(n_ids):
+        top, bottom = rng.integers(0, 256, (2, 3))
+        for index in range(2 if pid == 0 else per_id):
+            image = np.empty((*size, 3))
+            image[:size[0] // 2], image[size[0] // 2:] = top, bottom
+            image = np.clip(image + rng.normal(0, noise, image.shape), 0, 255).astype(np.uint8)
+            fid = f'images/{pid:04d}_c{index % 3 + 1}s1_{index:06d}.jpg'
+            if pid == 1 and index == 0:
+                fid = fid.replace('.jpg', '.png')
+                image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+            else:
+                image = image[..., ::-1]  # OpenCV writes BGR
+            assert cv2.imwrite(str(root / fid), image)
+            lines.append(f'person{pid},{fid}')
+    csv = root / 'train.csv'
+    csv.write_text('\n'.join(lines) + '\n')
+    return csv
+
+
+def run_train(*flags, timeout=240):
+    return subprocess.run([sys.executable, str(ROOT / 'train.py'), *map(str, flags)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def stored_step(path):
+    return int(tf.train.load_variable(path, 'step/.ATTRIBUTES/VARIABLE_VALUE'))
+
+
+def checkpoint_steps(root):
+    return sorted(int(p.name.split('-')[1].split('.')[0]) for p in root.glob('checkpoint-*.index'))
+
+
+def pid_of(fids):
+    return np.array([fid.split('/')[-1].split('_')[0] for fid in fids])
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    return write_dataset(root, n_ids=13, per_id=5, noise=4), root
+
+
+@pytest.fixture(scope='module')
+def full_run(dataset, tmp_path_factory):
+    """One uninterrupted run that several tests inspect."""
+    csv, images = dataset
+    root = tmp_path_factory.mktemp('runs') / 'full'
+    result = run_train('--train_set', csv, '--image_root', images, '--experiment_root', root,
+                       *TINY, *RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, result
+
+
+# ----------------------------------------------------------------------------- units
+def test_pk_batches_composition():
+    counts = [1, 2, 3, 4, 5, 9, 4, 6, 2, 7, 8]  # identities with fewer, as many, more than K
+    labels = np.repeat(np.arange(len(counts)), counts)
+    rng = np.random.default_rng(0)
+    labels = labels[rng.permutation(len(labels))]
+    p, k = 3, 4
+    per_epoch = len(counts) // p
+    batches = train.pk_batches(labels, p, k, seed=1)
+    uses = np.zeros(len(labels), int)
+    for epoch in range(4):
+        seen = []
+        for _ in range(per_epoch):
+            rows = next(batches)
+            assert rows.shape == (p * k,)
+            groups = labels[rows].reshape(p, k)
+            assert np.all(groups == groups[:, :1])  # K consecutive rows per identity
+            assert len(set(groups[:, 0])) == p
+            seen += list(groups[:, 0])
+            for group in rows.reshape(p, k):
+                n = counts[labels[group[0]]]
+                used = np.bincount(group, minlength=len(labels))[group]
+                if n >= k:
+                    assert len(set(group)) == k  # without replacement
+                else:
+                    assert len(set(group)) == n  # every image, equally often
+                    assert used.max() - used.min() <= 1
+                uses[group] += 1
+        assert len(seen) == len(set(seen)), f'identity repeated within epoch {epoch}'
+    assert np.all(uses[np.isin(labels, np.flatnonzero(np.array(counts) < k))] > 0)
+
+
+def test_pk_batches_are_deterministic_per_seed():
+    labels = np.repeat(np.arange(10), 5)
+
+    def first(seed):
+        batches = train.pk_batches(labels, 4, 3, seed)
+        return np.stack([next(batches) for _ in range(6)])
+    np.testing.assert_array_equal(first(3), first(3))
+    assert not np.array_equal(first(3), first(4))
+
+
+def test_learning_rate_schedule():
+    base, start, total = 3e-4, 150, 250
+    rates = np.array([train.learning_rate(i, base, start, total) for i in range(total + 1)])
+    assert np.all(rates[:start + 1] == base)
+    assert rates[total] == pytest.approx(0.001 * base)
+    ratios = rates[start + 1:] / rates[start:-1]
+    np.testing.assert_allclose(ratios, 0.001 ** (1 / (total - start)))  # exponential
+    assert all(train.learning_rate(i, base, -1, total) == base for i in range(total))
+    assert all(train.learning_rate(i, base, total, total) == base for i in range(total))
+
+
+def test_given_flags():
+    assert train.given_flags(['--resume', '--batch_p=3', '--seed', '4', 'x']) == {
+        'resume', 'batch_p', 'seed'}
+
+
+def test_collapse_detector():
+    assert train.collapsed(np.full(8, np.log(2)) + 1e-4, 'soft')
+    assert not train.collapsed(np.full(8, np.log(2)), 0.2)
+    assert not train.collapsed(np.array([0.69, 0.9]), 'soft')
+
+
+def test_dataset_batches_match_after_resume(dataset):
+    csv, images = dataset
+    pids, fids = common.load_dataset(csv)
+    labels = np.unique(pids, return_inverse=True)[1].astype(np.int32)
+    paths = np.array([str(images / fid) for fid in fids])
+    args = argparse.Namespace(batch_p=4, batch_k=3, seed=7, net_input_height=32,
+                              net_input_width=16, pre_crop_height=40, pre_crop_width=20,
+                              crop_augment=True, flip_augment=True, loading_threads=2)
+    from_start = list(train.make_dataset(paths, labels, args, 0).take(5))
+    resumed = list(train.make_dataset(paths, labels, args, 3).take(2))
+    for (im_a, lab_a, rows_a), (im_b, _, rows_b) in zip(from_start[3:], resumed, strict=True):
+        np.testing.assert_array_equal(rows_a, rows_b)
+        np.testing.assert_array_equal(im_a, im_b)
+        np.testing.assert_array_equal(lab_a, labels[rows_a.numpy()])
+    images_0 = from_start[0][0].numpy()
+    assert images_0.shape == (12, 32, 16, 3) and images_0.dtype == np.float32
+    assert 0 <= images_0.min() and images_0.max() <= 255
+
+
+# ----------------------------------------------------------------------------- the CLI
+def test_args_json_holds_every_argument(full_run, dataset):
+    root, _ = full_run
+    text = (root / 'args.json').read_text()
+    stored = json.loads(text)
+    assert text == json.dumps(stored, sort_keys=True, indent=2) + '\n'
+    assert set(stored) == {action.dest for action in train.parser._actions} - {'help'}
+    given = dict(zip(TINY[::2], TINY[1::2], strict=False))
+    assert stored['model_name'] == given['--model_name']
+    assert stored['embedding_dim'] == int(given['--embedding_dim'])
+    assert stored['batch_p'] == 4 and stored['batch_k'] == 3 and stored['seed'] == 5
+    assert stored['crop_augment'] is True and stored['flip_augment'] is True
+    assert stored['margin'] == 'soft' and stored['learning_rate'] == 1e-3
+    assert stored['train_set'] == str(dataset[0]) and stored['resume'] is False
+
+
+def test_checkpoints_logs_and_summaries(full_run):
+    root, result = full_run
+    assert checkpoint_steps(root) == [0, 10, 20, 30, 40]
+    latest = tf.train.latest_checkpoint(str(root))
+    assert latest.endswith('checkpoint-40') and stored_step(latest) == 40
+    # embed.py's way of loading: the model alone.
+    model = common.build_model('mobilenet_v1_0_25', 'direct', 8)
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    trained = [v.numpy() for v in model.trainable_variables]
+    tf.train.Checkpoint(model=model).restore(str(root / 'checkpoint-0')).expect_partial()
+    assert any(not np.allclose(a, v.numpy()) for a, v in zip(trained, model.trainable_variables,
+                                                             strict=True))
+    log = (root / 'train.log').read_text()
+    assert 'iter 40/40: loss min' in log and 'prec@2' in log and 'ETA' in log
+    assert 'iter 1/40' in result.stderr  # the console too
+    assert log.count("Adam's beta1 is now 0.5") == 1
+    assert log.index("beta1 is now") < log.index('iter 31/40') and 'iter 30/40' in log
+
+    tags, rates = set(), {}
+    for event_file in root.glob('events.out.tfevents.*'):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                tags.add(value.tag)
+                if value.tag == 'learning_rate':
+                    rates[event.step] = float(tf.make_ndarray(value.tensor))
+    assert {'loss', 'batch/top1', 'batch/prec_at_2', 'batch/active_count', 'learning_rate',
+            'seconds_per_iteration', 'dists/positive', 'dists/negative', 'emb_norm'} <= tags
+    assert sorted(rates) == list(range(1, 41))
+    for step, rate in rates.items():
+        assert rate == pytest.approx(train.learning_rate(step - 1, 1e-3, 30, 40), rel=1e-6)
+
+
+def test_detailed_logs(full_run, dataset):
+    root, _ = full_run
+    emb = np.load(root / 'detailed_emb.npy', mmap_mode='r')
+    losses = np.load(root / 'detailed_loss.npy', mmap_mode='r')
+    fids = np.load(root / 'detailed_fids.npy', mmap_mode='r')
+    assert emb.shape == (40, 12, 8) and losses.shape == (40, 12) and fids.shape == (40, 12)
+    assert np.all(np.isfinite(emb)) and np.all(np.abs(emb).sum(-1) > 0)
+    assert np.all(losses > 0)  # soft margin: never exactly 0
+    known = set(common.load_dataset(dataset[0])[1])
+    for row in fids:
+        names = [f.decode() for f in row]
+        assert set(names) <= known
+        groups = pid_of(names).reshape(4, 3)  # the real pipeline's PK batches
+        assert np.all(groups == groups[:, :1]) and len(set(groups[:, 0])) == 4
+
+
+def test_refuses_non_empty_root_and_resume_without_args(tmp_path, dataset):
+    csv, images = dataset
+    (tmp_path / 'old').mkdir()
+    (tmp_path / 'old' / 'notes.txt').write_text('x')
+    result = run_train('--train_set', csv, '--image_root', images, '--experiment_root',
+                       tmp_path / 'old', *TINY)
+    assert result.returncode == 2
+    assert 'train.py: error:' in result.stderr and '--resume' in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert not (tmp_path / 'old' / 'args.json').exists()
+
+    result = run_train('--experiment_root', tmp_path / 'old', '--resume')
+    assert result.returncode == 2 and 'args.json' in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_bad_data_is_named_before_training(tmp_path, dataset):
+    csv, images = dataset
+    lines = csv.read_text().splitlines()
+    missing = tmp_path / 'missing.csv'
+    missing.write_text('\n'.join(lines + [f'ghost,images/ghost_{i}.jpg' for i in range(4)]))
+    result = run_train('--train_set', missing, '--image_root', images, '--experiment_root',
+                       tmp_path / 'a', *TINY)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert '4 of' in result.stderr and 'ghost_0.jpg' in result.stderr
+
+    result = run_train('--train_set', csv, '--image_root', images, '--experiment_root',
+                       tmp_path / 'b', *TINY, '--batch_p', '50')
+    assert result.returncode == 2 and '13 identities' in result.stderr
+
+    (tmp_path / 'broken.jpg').write_bytes(b'\xff\xd8 this is not a JPEG')
+    (tmp_path / 'images').symlink_to(images / 'images')
+    broken = tmp_path / 'broken.csv'
+    broken.write_text('\n'.join(lines + ['person1,broken.jpg']))
+    result = run_train('--train_set', broken, '--image_root', tmp_path, '--experiment_root',
+                       tmp_path / 'c', *TINY)
+    assert result.returncode == 2 and 'broken.jpg' in result.stderr
+    assert 'cannot be decoded' in result.stderr and 'Traceback' not in result.stderr
+    assert not (tmp_path / 'c').exists()  # nothing written: the same command works once fixed
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+def test_interrupt_saves_and_resume_matches_uninterrupted(signum, tmp_path, dataset, full_run):
+    csv, images = dataset
+    root = tmp_path / 'run'
+    command = [sys.executable, str(ROOT / 'train.py'), '--train_set', str(csv), '--image_root',
+               str(images), '--experiment_root', str(root), *TINY, *RUN]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.time() + 180
+    for line in process.stderr:
+        seen.append(line)
+        if 'iter 3/40' in line:
+            process.send_signal(signum)
+            break
+        assert time.time() < deadline, ''.join(seen[-20:])
+    rest = process.communicate(timeout=120)[1]
+    assert process.returncode == 0, rest[-3000:]
+    stopped = stored_step(tf.train.latest_checkpoint(str(root)))
+    assert 3 <= stopped < 40, 'the run was not interrupted'
+    assert f'stopped after iteration {stopped} of 40' in rest
+    if signum == signal.SIGTERM:
+        return  # the same path from here on: resume once, after SIGINT
+
+    result = run_train('--experiment_root', root, '--resume', '--batch_p', '5')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'batch_p' in result.stderr and 'stored value 4' in result.stderr
+    assert f'iter {stopped + 1}/40' in result.stderr and f'iter {stopped}/40' not in result.stderr
+    assert stored_step(tf.train.latest_checkpoint(str(root))) == 40
+    assert "Adam's beta1 is now 0.5" in result.stderr
+    assert {0, stopped, 40} <= set(checkpoint_steps(root))
+    # The resumed run saw exactly the batches of the uninterrupted one.
+    np.testing.assert_array_equal(np.load(root / 'detailed_fids.npy'),
+                                  np.load(full_run[0] / 'detailed_fids.npy'))
+    # The resumed part used the schedule's learning rate of each iteration.
+    logged = re.findall(r'iter (\d+)/40: .* lr ([0-9.e+-]+),', result.stderr)
+    assert len(logged) == 40 - stopped
+    for done, rate in logged:
+        assert float(rate) == pytest.approx(train.learning_rate(int(done) - 1, 1e-3, 30, 40),
+                                            rel=1e-2)
+
+
+def test_non_finite_loss_stops_without_saving(monkeypatch, tmp_path, dataset):
+    csv, images = dataset
+    real = loss.batch_hard
+    monkeypatch.setattr(loss, 'batch_hard', lambda d, p, m: real(d, p, m) * np.nan)
+    root = tmp_path / 'nan'
+    monkeypatch.setattr(sys, 'argv', ['train.py', '--train_set', str(csv), '--image_root',
+                                      str(images), '--experiment_root', str(root), *TINY,
+                                      '--train_iterations', '5', '--checkpoint_frequency', '1'])
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        assert train.main() == 1
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert checkpoint_steps(root) == [0]
+    assert 'not finite at iteration 1' in (root / 'train.log').read_text()
+
+
+def retrieval_map(emb, pids):
+    """Leave-one-out mean average precision over all images."""
+    dists = loss.cdist(emb, emb)
+    aps = []
+    for i in range(len(pids)):
+        order = np.argsort(dists[i])
+        order = order[order != i]
+        hits = pids[order] == pids[i]
+        if hits.any():
+            precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+            aps.append(precision[hits].mean())
+    return float(np.mean(aps))
+
+
+def test_training_improves_the_embedding(tmp_path):
+    csv = write_dataset(tmp_path / 'data', n_ids=30, per_id=6, noise=4, seed=1)
+    root = tmp_path / 'run'
+    result = run_train('--train_set', csv, '--image_root', tmp_path / 'data', '--experiment_root',
+                       root, *TINY[:4], '--embedding_dim', '16', '--batch_p', '8',
+                       '--batch_k', '4', '--net_input_height', '64', '--net_input_width', '32',
+                       '--learning_rate', '3e-3', '--train_iterations', '150',
+                       '--decay_start_iteration', '100', '--checkpoint_frequency', '0',
+                       '--loading_threads', '2', '--seed', '1', timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pids, fids = common.load_dataset(csv)
+    images = tf.stack([common.resize_image(common.read_image(str(tmp_path / 'data' / f)), 64, 32)
+                       for f in fids])
+    model = common.build_model('mobilenet_v1_0_25', 'direct', 16)
+    scores = {}
+    for name in ('checkpoint-0', 'checkpoint-150'):
+        tf.train.Checkpoint(model=model).restore(str(root / name)).expect_partial()
+        scores[name] = retrieval_map(model(images, training=False)['emb'].numpy(), pids)
+    # Chance: a random ranking gives an AP of about the fraction of positives, 5/179.
+    print(scores)
+    assert scores['checkpoint-150'] > 0.6
+    assert scores['checkpoint-150'] > scores['checkpoint-0'] + 0.3
+
+
+def write_slim_checkpoint(path, values):
+    """A TF1 "V1" checkpoint (as slim published them) of {slim name: array}."""
+    with tf.Graph().as_default():
+        variables = [tf.compat.v1.Variable(value, name=name) for name, value in values.items()]
+        saver = tf.compat.v1.train.Saver(
+            variables, write_version=tf.compat.v1.train.SaverDef.V1)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            return saver.save(session, str(path), write_meta_graph=False)
+
+
+def test_initial_checkpoint_is_checkpoint_0(tmp_path, dataset):
+    csv, images = dataset
+    model = common.build_model('mobilenet_v1_0_25', 'direct', 8)
+    rng = np.random.default_rng(0)
+    backbone = {common.slim_name(layer, v): rng.normal(size=v.shape).astype(np.float32)
+                for layer in model.layers for v in layer.weights
+                if common.slim_name(layer, v).startswith('MobilenetV1/')}
+    assert backbone, 'no backbone variables found by slim name'
+    logits = {'MobilenetV1/Logits/Conv2d_1c_1x1/weights': np.zeros((1, 1, 256, 1001), np.float32)}
+    path = write_slim_checkpoint(tmp_path / 'mobilenet.ckpt', {**backbone, **logits})
+    root = tmp_path / 'run'
+    result = run_train('--train_set', csv, '--image_root', images, '--experiment_root', root,
+                       *TINY, '--train_iterations', '1', '--initial_checkpoint', path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'ignored 1 checkpoint variables' in result.stderr
+    tf.train.Checkpoint(model=model).restore(str(root / 'checkpoint-0')).expect_partial()
+    for layer in model.layers:
+        for v in layer.weights:
+            if common.slim_name(layer, v) in backbone:
+                np.testing.assert_array_equal(v.numpy(), backbone[common.slim_name(layer, v)])
+
+
+SAVER = '''
+import sys
+import tensorflow as tf
+value = tf.Variable(tf.zeros([4_000_000]))  # 16 MB: saving takes a while to be killed in
+step = tf.Variable(0, dtype=tf.int64)
+manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=step, value=value), sys.argv[1],
+                                     max_to_keep=None, checkpoint_name='checkpoint')
+for i in range(1, 10_000):
+    step.assign(i)
+    value.assign(tf.fill([4_000_000], float(i)))
+    manager.save(checkpoint_number=i)
+    print(i, flush=True)
+'''
+
+
+@pytest.mark.parametrize('delay', [0.0, 0.01, 0.03, 0.07])
+def test_killed_while_saving_leaves_latest_checkpoint_readable(tmp_path, delay):
+    # train.py saves exactly this way (tf.train.CheckpointManager, max_to_keep=None); SIGKILL
+    # at various moments of a save must leave `checkpoint` naming a complete checkpoint.
+    process = subprocess.Popen([sys.executable, '-c', SAVER, str(tmp_path)],
+                               stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.strip() == '3':
+            break
+    time.sleep(delay)
+    process.kill()
+    process.wait()
+    latest = tf.train.latest_checkpoint(str(tmp_path))
+    step, value = tf.Variable(0, dtype=tf.int64), tf.Variable(tf.zeros([4_000_000]))
+    tf.train.Checkpoint(step=step, value=value).restore(latest).assert_consumed()
+    assert int(step.numpy()) >= 3
+    assert np.all(value.numpy() == float(step.numpy()))
+
+
+@pytest.mark.parametrize('script', ['market1501_train.sh', 'duke_mtmc_train.sh'])
+def test_paper_scripts_set_trinet_flags_and_forward_the_rest(script, tmp_path, dataset):
+    csv, images = dataset
+    env = {**os.environ, 'PYTHON': sys.executable}
+    result = subprocess.run(['sh', str(ROOT / script), str(images)], capture_output=True,
+                            text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 2 and 'EXPERIMENT_ROOT' in result.stderr
+
+    root = tmp_path / 'run'
+    small = [flag for flag in TINY if flag != '--learning_rate' and flag != '1e-3']
+    result = subprocess.run(['sh', str(ROOT / script), str(images), 'none', str(root),
+                             '--train_set', str(csv), *small, '--train_iterations', '2'],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = json.loads((root / 'args.json').read_text())
+    # The paper's settings that the test did not override...
+    assert stored['learning_rate'] == 3e-4 and stored['decay_start_iteration'] == 15000
+    assert stored['margin'] == 'soft' and stored['loss'] == 'batch_hard'
+    assert stored['metric'] == 'euclidean' and stored['crop_augment'] and stored['flip_augment']
+    assert stored['initial_checkpoint'] is None
+    # ...and the forwarded flags, which win.
+    assert stored['train_iterations'] == 2 and stored['batch_p'] == 4
+    assert stored['train_set'] == str(csv) and stored['model_name'] == 'mobilenet_v1_0_25'
+    assert stored_step(tf.train.latest_checkpoint(str(root))) == 2
+
+
+def test_collapse_warning(tmp_path, dataset):
+    # An absurd learning rate collapses the embedding at once: the soft-margin loss sits at ln 2.
+    csv, images = dataset
+    flags = [flag if flag != '1e-3' else '1e30' for flag in TINY]
+    result = run_train('--train_set', csv, '--image_root', images, '--experiment_root',
+                       tmp_path / 'run', *flags,
+                       '--train_iterations', str(train.COLLAPSE_ITERATIONS + 15))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count('stuck at ln 2') == 1
+    assert '--initial_checkpoint' in result.stderr and '--learning_rate' in result.stderr

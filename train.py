@@ -1,0 +1,518 @@
+#!/usr/bin/env python3
+"""Trains a person re-identification embedding with the batch-hard triplet loss.
+
+    python train.py --train_set data/market1501_train.csv --image_root /data/Market-1501 \\
+        --experiment_root ~/experiments/my_experiment [--initial_checkpoint resnet_v1_50.ckpt]
+    python train.py --experiment_root ~/experiments/my_experiment --resume
+
+Everything the run needs later lands in the experiment root: args.json, checkpoints
+(checkpoint-<iterations done>), train.log and TensorBoard event files.
+"""
+import argparse
+import itertools
+import json
+import math
+import os
+import signal
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+
+import common
+import loss
+
+parser = argparse.ArgumentParser(
+    description='Train a re-identification embedding with a triplet loss on PK batches.',
+    allow_abbrev=False)  # exact flag names, so that --resume can tell which flags were given
+
+parser.add_argument('--experiment_root', required=True,
+                    help='Folder for args.json, checkpoints, train.log and TensorBoard logs.')
+parser.add_argument('--train_set', help='Training CSV of "identity,relative/path" lines.')
+parser.add_argument('--image_root', help='Folder the paths of --train_set are relative to.')
+parser.add_argument('--resume', action='store_true', default=False,
+                    help='Continue the run in --experiment_root from its latest checkpoint, '
+                         'with the settings stored in its args.json.')
+parser.add_argument('--model_name', default='resnet_v1_50', choices=common.plugin_names('nets'),
+                    help='Backbone, a module of nets/.')
+parser.add_argument('--head_name', default='fc1024', choices=common.plugin_names('heads'),
+                    help='Embedding head, a module of heads/.')
+parser.add_argument('--embedding_dim', default=128, type=common.positive_int,
+                    help='Size of the embedding.')
+parser.add_argument('--initial_checkpoint', default=None,
+                    help='TF1 checkpoint with slim names (e.g. the ImageNet resnet_v1_50.ckpt) '
+                         'to initialise the backbone from; default: random initialisation.')
+parser.add_argument('--batch_p', default=32, type=common.positive_int,
+                    help='Identities per batch (P), at least 2.')
+parser.add_argument('--batch_k', default=4, type=common.positive_int,
+                    help='Images per identity in a batch (K), at least 2.')
+parser.add_argument('--net_input_height', default=256, type=common.positive_int,
+                    help='Height of the images the net sees, in pixels.')
+parser.add_argument('--net_input_width', default=128, type=common.positive_int,
+                    help='Width of the images the net sees, in pixels.')
+parser.add_argument('--pre_crop_height', default=288, type=common.positive_int,
+                    help='With --crop_augment: height images are resized to before the random '
+                         'crop, in pixels.')
+parser.add_argument('--pre_crop_width', default=144, type=common.positive_int,
+                    help='With --crop_augment: width images are resized to before the random '
+                         'crop, in pixels.')
+parser.add_argument('--loading_threads', default=8, type=common.positive_int,
+                    help='Images decoded in parallel.')
+parser.add_argument('--margin', default='soft', type=common.float_or_string(loss.MARGINS),
+                    help='Triplet margin: a number >= 0 (hinge), "soft" (softplus) or "none".')
+parser.add_argument('--metric', default='euclidean', choices=loss.METRICS,
+                    help='Distance between embeddings in the loss.')
+parser.add_argument('--loss', default='batch_hard', choices=loss.LOSSES,
+                    help='batch_hard: hardest positive and negative per anchor; batch_all: '
+                         'mean over all valid triplets of the batch.')
+parser.add_argument('--learning_rate', default=3e-4, type=common.positive_float,
+                    help="Adam's initial learning rate.")
+parser.add_argument('--train_iterations', default=25000, type=common.positive_int,
+                    help='Number of training iterations (batches).')
+parser.add_argument('--decay_start_iteration', default=15000, type=int,
+                    help='Iteration from which the learning rate decays exponentially, reaching '
+                         '0.001 x --learning_rate at --train_iterations; -1 (or a value >= '
+                         '--train_iterations): no decay.')
+parser.add_argument('--beta1_after_decay', default=None, type=common.positive_float,
+                    help="Adam's beta1 from --decay_start_iteration on (the paper used 0.5); "
+                         'default: keep 0.9 throughout, as the 2017 code did.')
+parser.add_argument('--checkpoint_frequency', default=1000, type=common.nonnegative_int,
+                    help='Save a checkpoint every this many iterations; 0: only the final one.')
+parser.add_argument('--flip_augment', action='store_true', default=False,
+                    help='Flip training images horizontally at random.')
+parser.add_argument('--crop_augment', action='store_true', default=False,
+                    help='Resize to the pre-crop size, then crop the net input size at random.')
+parser.add_argument('--detailed_logs', action='store_true', default=False,
+                    help='Also store every iteration\'s embeddings, losses and file names in '
+                         'memory-mapped .npy files (detailed_*.npy) in the experiment root.')
+parser.add_argument('--seed', default=None, type=common.nonnegative_int,
+                    help='Seed of batch sampling, augmentation and initialisation; default: '
+                         'drawn at random and stored in args.json, so --resume continues it.')
+parser.add_argument('--jit', action='store_true', default=False,
+                    help='Compile the training step with XLA: for GPUs (2x slower on CPUs).')
+
+LN2 = math.log(2.0)
+COLLAPSE_ITERATIONS = 100  # iterations at ln 2 before the collapse warning
+HISTOGRAM_EVERY = 10  # iterations between TensorBoard histograms (scalars: every iteration)
+NEVER_COMPARED = ('resume', 'experiment_root')  # flags that --resume does not take from args.json
+
+
+# ----------------------------------------------------------------------------- helpers
+def given_flags(argv: list[str]) -> set[str]:
+    """The names of the flags present in `argv` (exact names: the parser allows no prefixes)."""
+    return {token[2:].split('=')[0] for token in argv if token.startswith('--')}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Raises common.InputError for settings that cannot work together."""
+    if args.batch_p < 2 or args.batch_k < 2:
+        raise common.InputError(f'--batch_p {args.batch_p} --batch_k {args.batch_k}: both must '
+                                'be >= 2 (every anchor needs a positive and a negative)')
+    start = args.decay_start_iteration
+    if start < -1:  # at or after --train_iterations simply never decays
+        raise common.InputError(f'--decay_start_iteration {start} must be -1 (no decay) or >= 0')
+    if args.crop_augment and (args.pre_crop_height < args.net_input_height
+                              or args.pre_crop_width < args.net_input_width):
+        raise common.InputError(f'--crop_augment: the pre-crop size {args.pre_crop_height}x'
+                                f'{args.pre_crop_width} is smaller than the net input size '
+                                f'{args.net_input_height}x{args.net_input_width}')
+    if args.beta1_after_decay is not None and not args.beta1_after_decay < 1:
+        raise common.InputError(f'--beta1_after_decay {args.beta1_after_decay} must be below 1')
+    for name in ('train_set', 'image_root'):
+        if getattr(args, name) is None:
+            raise common.InputError(f'--{name} is required (unless --resume)')
+
+
+def learning_rate(iteration: int, base: float, decay_start: int, train_iterations: int) -> float:
+    """The learning rate of 0-based `iteration`: `base` until `decay_start` (-1: forever), then
+    base * 0.001 ** ((iteration - decay_start) / (train_iterations - decay_start)), which would
+    reach 0.001 x base at `train_iterations` (the last iteration is train_iterations - 1)."""
+    if decay_start < 0 or iteration < decay_start:
+        return base
+    return base * 0.001 ** ((iteration - decay_start) / (train_iterations - decay_start))
+
+
+def pk_batches(labels: np.ndarray, batch_p: int, batch_k: int, seed: int):
+    """Endless PK batches of dataset row indices.
+
+    Each epoch shuffles the identities and cuts them into groups of P; the identities left
+    over when P does not divide their number sit that epoch out (different ones every epoch,
+    as in the 2017 code). Each identity gives K images: without replacement if it has >= K,
+    otherwise all of its images equally often (concatenated shuffles), so repeats are balanced.
+
+    Args:
+        labels: (N,) int identity label of every dataset row, in [0, number of identities).
+        batch_p, batch_k: P and K.
+        seed: the same seed gives the same batches.
+
+    Yields:
+        (P*K,) int64 row indices, identity by identity (K consecutive rows share a label).
+    """
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind='stable')
+    groups = np.split(order, np.cumsum(np.bincount(labels))[:-1])  # rows of each identity
+    while True:
+        identities = rng.permutation(len(groups))
+        for start in range(0, len(groups) - batch_p + 1, batch_p):
+            batch = []
+            for identity in identities[start:start + batch_p]:
+                rows = groups[identity]
+                shuffles = [rng.permutation(len(rows)) for _ in range(-(-batch_k // len(rows)))]
+                batch.append(rows[np.concatenate(shuffles)[:batch_k]])
+            yield np.concatenate(batch).astype(np.int64)
+
+
+def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
+                 start_iteration: int):
+    """The training batches from `start_iteration` on, as a tf.data.Dataset.
+
+    Batch i is the same whether the run started at 0 or was resumed at i, sampling and
+    augmentation alike: the sampler is replayed up to i, and each image's random crop and
+    flip are seeded by its position in the stream.
+
+    Returns:
+        Dataset of (images (B, H, W, 3) float32 in [0, 255], labels (B,) int32, rows (B,)
+        int64), B = P*K, H and W the net input size.
+    """
+    import tensorflow as tf
+    size = args.batch_p * args.batch_k
+    height, width = args.net_input_height, args.net_input_width
+
+    def sampler():
+        yield from itertools.islice(pk_batches(labels, args.batch_p, args.batch_k, args.seed),
+                                    start_iteration, None)
+
+    paths_t, labels_t = tf.constant(paths), tf.constant(labels, tf.int32)
+
+    def load(position, row):
+        image = common.read_image(paths_t[row])
+        crop_seed = tf.stack([tf.constant(args.seed, tf.int64), 2 * position])
+        flip_seed = crop_seed + tf.constant([0, 1], tf.int64)
+        if args.crop_augment:
+            image = common.resize_image(image, args.pre_crop_height, args.pre_crop_width)
+            image = tf.image.stateless_random_crop(image, (height, width, 3), crop_seed)
+        else:
+            image = common.resize_image(image, height, width)
+        if args.flip_augment:
+            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        return image, labels_t[row], row
+
+    dataset = tf.data.Dataset.from_generator(
+        sampler, output_signature=tf.TensorSpec((size,), tf.int64))
+    dataset = dataset.unbatch().enumerate(start=start_iteration * size)
+    dataset = dataset.map(load, num_parallel_calls=args.loading_threads)  # keeps the order
+    return dataset.batch(size).prefetch(2)
+
+
+def find_undecodable(paths: np.ndarray, threads: int) -> list[str]:
+    """The paths that TensorFlow cannot decode as an image, found with a parallel pass."""
+    import tensorflow as tf
+    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
+    dataset = dataset.map(lambda row, path: (row, tf.shape(common.read_image(path))),
+                          num_parallel_calls=threads).ignore_errors()
+    decoded = np.zeros(len(paths), bool)
+    for rows, shapes in dataset.batch(4096).as_numpy_iterator():
+        decoded[rows[(shapes[:, 0] > 0) & (shapes[:, 1] > 0)]] = True
+    return list(paths[~decoded])
+
+
+def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: bool = False):
+    """The compiled training step: one Adam update on a batch.
+
+    Args:
+        model: from common.build_model; its `emb` endpoint is trained.
+        optimizer: a Keras optimizer, built on model.trainable_variables.
+        loss_name: a name in loss.LOSSES. margin: a float, 'soft' or 'none'. metric: loss.METRICS.
+        jit: compile with XLA.
+
+    Returns:
+        step(images (B, H, W, 3) float32 in [0, 255], pids (B,) int) -> dict with `loss` ()
+        (the optimised mean), `losses` (B,), `emb` (B, D), `dists` (B, B) and the entries of
+        loss.batch_metrics.
+    """
+    import tensorflow as tf
+    loss_fn = getattr(loss, loss_name)
+
+    @tf.function(jit_compile=jit)
+    def step(images, pids):
+        with tf.GradientTape() as tape:
+            emb = model(images, training=True)['emb']
+            dists = loss.cdist(emb, emb, metric)
+            losses = loss_fn(dists, pids, margin)
+            total = tf.reduce_mean(losses)
+            if model.losses:  # weight decay, if a net or head asks for it
+                total += tf.add_n(model.losses)
+        grads = tape.gradient(total, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return {'loss': total, 'losses': losses, 'emb': emb, 'dists': dists,
+                **loss.batch_metrics(dists, pids, losses)}
+    return step
+
+
+def open_detailed_logs(root: Path, iterations: int, batch: int, dim: int, fid_bytes: int,
+                       fresh: bool) -> dict:
+    """Memory-mapped per-iteration records: row i holds iteration i's batch.
+
+    detailed_emb.npy (T, B, D) float32, detailed_loss.npy (T, B) float32 and
+    detailed_fids.npy (T, B) bytes. They are sparse files: rows not yet trained read as 0.
+    """
+    specs = {'emb': ((iterations, batch, dim), np.float32),
+             'loss': ((iterations, batch), np.float32),
+             'fids': ((iterations, batch), f'S{fid_bytes}')}
+    logs = {}
+    for name, (shape, dtype) in specs.items():
+        path = root / f'detailed_{name}.npy'
+        if fresh or not path.exists():
+            logs[name] = np.lib.format.open_memmap(path, 'w+', dtype, shape)
+        else:
+            logs[name] = np.load(path, mmap_mode='r+')
+    return logs
+
+
+def write_summary(name: str, values, step: int) -> None:
+    """Writes a TensorBoard scalar (a number) or histogram (an array) to the default writer.
+
+    tf.summary.scalar/histogram need the separate `tensorboard` package; these are the same
+    records written with TensorFlow alone (TensorBoard's v2 formats: a float32 scalar, or
+    (bins, 3) float64 rows of left edge, right edge, count), so that training does not
+    depend on it.
+    """
+    import tensorflow as tf
+    values = np.asarray(values, np.float64)
+    plugin = 'scalars' if values.ndim == 0 else 'histograms'
+    if values.ndim:
+        values = values[np.isfinite(values)]
+        low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+        edges = np.linspace(low, high, 31)
+        if np.all(np.diff(edges) > 0):
+            counts, edges = np.histogram(values, edges)
+        else:  # one value, or a range float64 cannot split into 30 bins: a single bucket
+            counts, edges = np.array([values.size]), np.array([low, high])
+        values = np.stack([edges[:-1], edges[1:], counts], axis=1)
+    metadata = tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name=plugin))
+    tf.summary.write(name, tf.constant(values, tf.float32 if plugin == 'scalars' else None),
+                     step=step, metadata=metadata.SerializeToString())
+
+
+def collapsed(losses: np.ndarray, margin) -> bool:
+    """True if a soft-margin batch looks collapsed: every anchor's loss at ln 2 (d_pos = d_neg)."""
+    return margin == 'soft' and bool(np.all(np.abs(losses - LN2) < 0.01))
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+    args = parser.parse_args()
+    root = Path(args.experiment_root).expanduser()
+    args_file = root / 'args.json'
+    notes = []  # logged once the log file is open
+
+    # Settings: fresh runs store them, --resume reads them back.
+    if args.resume:
+        if not args_file.is_file():
+            raise common.InputError(f'--resume: there is no {args_file}; start a new run '
+                                    'without --resume')
+        try:
+            stored = json.loads(args_file.read_text())
+        except (OSError, ValueError) as e:
+            raise common.InputError(f'cannot read {args_file}: {e}') from None
+        given = given_flags(sys.argv[1:])
+        for key, value in stored.items():
+            if key in NEVER_COMPARED:
+                continue
+            if key not in vars(args):
+                notes.append(f'{args_file} has an unknown setting {key!r}: ignored')
+                continue
+            if key in given and getattr(args, key) != value:
+                notes.append(f'--{key}: using the stored value {value!r}, not the given '
+                             f'{getattr(args, key)!r} (edit args.json to change it)')
+            setattr(args, key, value)
+        check_args(args)
+    else:
+        check_args(args)
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise common.InputError(f'--experiment_root {root} is not empty; pass --resume to '
+                                    'continue that run, or choose a new folder')
+        if args.seed is None:
+            args.seed = int(np.random.SeedSequence().entropy % 2**31)
+
+    # Data: every problem is found before anything is written or trained.
+    pids, fids = common.load_dataset(args.train_set, args.image_root, check_files=True)
+    paths = np.array([os.path.join(args.image_root, fid) for fid in fids])
+    unique_pids, labels = np.unique(pids, return_inverse=True)
+    if len(unique_pids) < args.batch_p:
+        raise common.InputError(f'{args.train_set} has {len(unique_pids)} identities, fewer '
+                                f'than --batch_p {args.batch_p}')
+
+    import keras
+    import tensorflow as tf
+
+    started = time.time()
+    bad = find_undecodable(paths, args.loading_threads)
+    if bad:
+        raise common.InputError(f'{len(bad)} images of {args.train_set} cannot be decoded, '
+                                f'e.g. {", ".join(bad[:3])}')
+    checked = time.time() - started
+
+    if not args.resume:
+        root.mkdir(parents=True, exist_ok=True)
+        args_file.write_text(json.dumps(vars(args), sort_keys=True, indent=2) + '\n')
+    log = common.setup_logging(root / 'train.log')
+    log.info('%s training in %s with %s', 'resuming' if args.resume else 'starting', root,
+             ', '.join(f'{k}={v}' for k, v in sorted(vars(args).items())))
+    for note in notes:
+        log.warning(note)
+    log.info('%d images of %d identities, all decodable (checked in %.1f s)', len(fids),
+             len(unique_pids), checked)
+
+    # SIGINT / SIGTERM: finish the iteration, save, exit 0.
+    stop = []
+
+    def request_stop(signum, frame):
+        if not stop:
+            log.info('%s received: stopping after this iteration', signal.Signals(signum).name)
+        stop.append(signum)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    # Model, optimizer, checkpoints.
+    keras.utils.set_random_seed(args.seed)
+    model = common.build_model(args.model_name, args.head_name, args.embedding_dim)
+    # TF1's Adam (which the 2017 code used) has epsilon 1e-8; Keras' default is 1e-7.
+    optimizer = keras.optimizers.Adam(learning_rate=args.learning_rate, epsilon=1e-8)
+    optimizer.build(model.trainable_variables)  # so that its slots are in every checkpoint
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(step=step_var, model=model, optimizer=optimizer)
+    # The manager writes the `checkpoint` state file only after the data files are complete,
+    # so a crash while saving leaves the previous latest checkpoint in place and readable.
+    manager = tf.train.CheckpointManager(checkpoint, str(root), max_to_keep=None,
+                                         checkpoint_name='checkpoint')
+    latest = manager.latest_checkpoint if args.resume else None
+    if latest:
+        try:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise common.InputError(f'cannot restore {latest} into {args.model_name} + '
+                                    f'{args.head_name}: {str(e).splitlines()[0]}') from None
+        log.info('restored %s (iteration %d)', latest, int(step_var.numpy()))
+    else:
+        if args.resume:
+            log.warning('no checkpoint in %s: starting from the initialisation', root)
+        if args.initial_checkpoint:
+            common.load_tf1_checkpoint(model, args.initial_checkpoint, log)
+        manager.save(checkpoint_number=0)
+    start = int(step_var.numpy())
+    saved = start
+
+    # Input pipeline, training step, logs.
+    dataset = make_dataset(paths, labels.astype(np.int32), args, start)
+    beta1_switch = (args.beta1_after_decay is not None and args.decay_start_iteration >= 0)
+    if beta1_switch and start >= args.decay_start_iteration:
+        optimizer.beta_1 = args.beta1_after_decay
+    train_step = make_train_step(model, optimizer, args.loss, args.margin, args.metric, args.jit)
+    writer = tf.summary.create_file_writer(str(root))
+    batch = args.batch_p * args.batch_k
+    detailed = None
+    if args.detailed_logs:
+        fid_bytes = max(len(fid.encode()) for fid in fids)
+        detailed = open_detailed_logs(root, args.train_iterations, batch, args.embedding_dim,
+                                      fid_bytes, fresh=start == 0)
+        fids_bytes = np.array([fid.encode() for fid in fids])
+    durations = []
+    collapse_streak = 0
+    if start >= args.train_iterations:
+        log.info('the run is already complete (%d iterations)', start)
+
+    # Training loop.
+    last = time.time()
+    for iteration, (images, batch_labels, rows) in zip(
+            range(start, args.train_iterations), dataset, strict=False):
+        if stop:
+            break
+        if beta1_switch and iteration == args.decay_start_iteration:
+            optimizer.beta_1 = args.beta1_after_decay  # read when tracing: trace again
+            train_step = make_train_step(model, optimizer, args.loss, args.margin, args.metric,
+                                         args.jit)
+            log.info("Adam's beta1 is now %g", args.beta1_after_decay)
+        lr = learning_rate(iteration, args.learning_rate, args.decay_start_iteration,
+                           args.train_iterations)
+        optimizer.learning_rate = lr
+        out = train_step(images, batch_labels)
+        losses = out['losses'].numpy()
+        # Distances overflow before the loss does (inf - inf makes the loss NaN only later).
+        if not (np.all(np.isfinite(losses)) and np.all(np.isfinite(out['dists'].numpy()))):
+            log.error('the loss or the embedding distances are not finite at iteration %d '
+                      '(loss mean %s); stopping without saving, the latest checkpoint is %s. '
+                      'Try a lower --learning_rate.', iteration + 1, losses.mean(),
+                      manager.latest_checkpoint)
+            return 1
+        step_var.assign(iteration + 1)
+        now = time.time()
+        durations.append(now - last)
+        last = now
+        recent = durations[1:][-50:] or durations  # the first includes tracing the step
+        seconds = float(np.mean(recent))
+        top1, prec = float(out['top1'].numpy().mean()), float(out['prec_at_k'].numpy().mean())
+        active = int(out['active'].numpy())
+        log.info('iter %d/%d: loss min %.3f mean %.3f max %.3f, top-1 %.1f%%, prec@%d %.1f%%, '
+                 'active %d/%d, lr %.3g, %.3f s/it, ETA %s', iteration + 1,
+                 args.train_iterations, losses.min(), losses.mean(), losses.max(), 100 * top1,
+                 args.batch_k - 1, 100 * prec, active, batch, lr, seconds,
+                 timedelta(seconds=round(seconds * (args.train_iterations - iteration - 1))))
+
+        with writer.as_default(step=iteration + 1):
+            scalars = {'loss': losses.mean(), 'batch/top1': top1,
+                       f'batch/prec_at_{args.batch_k - 1}': prec, 'batch/active_count': active,
+                       'batch/active_fraction': out['active_fraction'].numpy(),
+                       'learning_rate': lr, 'seconds_per_iteration': durations[-1]}
+            if iteration % HISTOGRAM_EVERY == 0:
+                scalars.update({'losses': losses, 'dists/positive': out['pos_dists'],
+                                'dists/negative': out['neg_dists'],
+                                'emb_norm': np.linalg.norm(out['emb'].numpy().astype(np.float64),
+                                                          axis=1)})
+            for name, value in scalars.items():
+                write_summary(name, value, iteration + 1)
+        if detailed is not None:
+            detailed['emb'][iteration] = out['emb'].numpy()
+            detailed['loss'][iteration] = losses
+            detailed['fids'][iteration] = fids_bytes[rows.numpy()]
+
+        collapse_streak = collapse_streak + 1 if collapsed(losses, args.margin) else 0
+        if collapse_streak == COLLAPSE_ITERATIONS:
+            log.warning('the soft-margin loss has been stuck at ln 2 = 0.693 for %d iterations: '
+                        'the embeddings have collapsed (all distances near zero) and will '
+                        'hardly recover. What usually helps: start from pretrained weights '
+                        '(--initial_checkpoint), a lower --learning_rate, other --batch_p / '
+                        '--batch_k, and checking that the images of an identity are one person.',
+                        COLLAPSE_ITERATIONS)
+
+        done = iteration + 1
+        if args.checkpoint_frequency and done % args.checkpoint_frequency == 0:
+            if detailed is not None:
+                for array in detailed.values():
+                    array.flush()
+            manager.save(checkpoint_number=done)
+            saved = done
+            log.info('saved %s', manager.latest_checkpoint)
+
+    # Final (or interrupted) save.
+    done = int(step_var.numpy())
+    writer.flush()
+    if detailed is not None:
+        for array in detailed.values():
+            array.flush()
+    if done != saved:
+        manager.save(checkpoint_number=done)
+        log.info('saved %s', manager.latest_checkpoint)
+    if done < args.train_iterations:
+        log.info('stopped after iteration %d of %d; continue with: python train.py '
+                 '--experiment_root %s --resume', done, args.train_iterations, root)
+    else:
+        log.info('training done: %d iterations', done)
+    return 0
+
+
+if __name__ == '__main__':
+    common.run(main)
