@@ -34,26 +34,21 @@ def run(main: Callable[[], object]) -> NoReturn:
 
 
 # ----------------------------------------------------------------------------- argument types
-def positive_int(value: str) -> int:
-    """argparse type: an integer > 0."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f'{value!r} is not a positive integer')
-    return number
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type factory: an integer >= minimum."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f'{value!r} is below {minimum}')
+        return number
+    return parse
 
 
-def nonnegative_int(value: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f'{value!r} is negative')
-    return number
+positive_int = int_at_least(1)
+nonnegative_int = int_at_least(0)
 
 
 def positive_float(value: str) -> float:
@@ -92,7 +87,8 @@ def plugin_names(folder: str) -> list[str]:
 def import_plugin(folder: str, name: str):
     """Imports `folder/name.py` by name; an unknown name is an InputError listing the choices."""
     if name not in plugin_names(folder):
-        raise InputError(f'unknown {folder} module {name!r}; choose from {", ".join(plugin_names(folder))}')
+        raise InputError(f'unknown {folder} module {name!r}; '
+                         f'choose from {", ".join(plugin_names(folder))}')
     return import_module(f'{folder}.{name}')
 
 
@@ -132,8 +128,8 @@ def load_dataset(csv_file: str | os.PathLike, image_root: str | os.PathLike | No
         root = Path(image_root or '.')
         missing = [fid for fid in fids if not (root / fid).is_file()]
         if missing:
-            raise InputError(f'{len(missing)} of {len(fids)} images of {csv_file} are missing under '
-                             f'{root}, e.g. {", ".join(missing[:3])}')
+            raise InputError(f'{len(missing)} of {len(fids)} images of {csv_file} are missing '
+                             f'under {root}, e.g. {", ".join(missing[:3])}')
     return np.array(pids), np.array(fids)
 
 
@@ -180,8 +176,8 @@ def save_embeddings(h5_file: str | os.PathLike, emb: np.ndarray, emb_aug: np.nda
             f['embs'] = h5py.SoftLink('/emb')
             if emb_aug is not None:
                 f.create_dataset('emb_aug', data=np.asarray(emb_aug, np.float32))
-                f.create_dataset('augmentation_types', data=np.array(augmentation_types, dtype=object),
-                                 dtype=h5py.string_dtype())
+                f.create_dataset('augmentation_types', dtype=h5py.string_dtype(),
+                                 data=np.array(augmentation_types, dtype=object))
         os.replace(tmp, h5_file)
     except OSError as e:
         tmp.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Backbones, one file each, found by name (`--model_name resnet_v1_50` imports nets/resnet_v1_50.py).
+"""Backbones, one file each, found by name (`--model_name resnet_v1_50`: nets/resnet_v1_50.py).
 
 A net module exposes
 
