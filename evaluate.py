@@ -117,24 +117,31 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
         dists[~valid] = np.inf  # an ignored entry is never ahead of a match
         results = []
         for row in np.flatnonzero(matches.any(axis=1)):
-            hits = np.flatnonzero(matches[row])
+            # Entries farther than the farthest match are never ahead of one: count among the
+            # nearer ones only (in gallery order). The small margin keeps those whose score
+            # 1/(1+d) rounds to that of the farthest match.
+            farthest = dists[row, matches[row]].max()
+            near = np.flatnonzero(dists[row] <= farthest + 1e-9 * (1 + farthest))
+            near_dists = dists[row, near]
+            hits = np.flatnonzero(matches[row, near])  # positions in `near`
             if market_ap:
-                ranks = np.sort(_stable_ranks(dists[row], hits))
+                ranks = np.sort(_stable_ranks(near_dists, hits))
                 n = np.arange(1, len(hits) + 1)
                 # The precision one rank earlier; 1 before the first entry, as MATLAB starts.
                 previous = np.where(ranks > 0, (n - 1) / np.maximum(ranks, 1), 1.0)
                 ap = np.mean((n / (ranks + 1) + previous) / 2)
                 first, last = ranks[0], ranks[-1]
             else:
-                scores = 1 / (1 + dists[row])  # as the loop computes them: ties stay ties
+                scores = 1 / (1 + near_dists)  # as the loop computes them: ties stay ties
                 hit_scores = np.sort(scores[hits])
                 at_least = np.array([np.count_nonzero(scores >= s) for s in hit_scores])
                 hits_at_least = len(hits) - np.searchsorted(hit_scores, hit_scores, 'left')
                 ap = np.mean(hits_at_least / at_least)
                 # Of equally distant hits, the first in gallery order comes first.
-                hit_dists = dists[row, hits]
-                closest, farthest = np.argmin(hit_dists), len(hits) - 1 - np.argmax(hit_dists[::-1])
-                first, last = _stable_ranks(dists[row], hits[[closest, farthest]])
+                hit_dists = near_dists[hits]
+                first_hit = np.argmin(hit_dists)
+                last_hit = len(hits) - 1 - np.argmax(hit_dists[::-1])
+                first, last = _stable_ranks(near_dists, hits[[first_hit, last_hit]])
             results.append((start + row, ap, first, len(hits) / (last + 1)))
         return results
 

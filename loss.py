@@ -38,10 +38,11 @@ def _cdist_numpy(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
         for start in range(0, len(a), rows):
             out[start:start + rows] = np.abs(a[start:start + rows, None] - b[None]).sum(-1)
         return out
-    squared = a @ b.T  # in place from here on: these are the largest arrays of an evaluation
-    squared *= -2.0
-    squared += (a * a).sum(1)[:, None]
-    squared += (b * b).sum(1)[None, :]
+    # One matrix product gives |a|^2 + |b|^2 - 2ab, leaving few passes over the (M, N) result,
+    # the largest array of an evaluation. Integer embeddings stay exact, so their ties are
+    # ties whichever way the product is blocked.
+    squared = (np.hstack([-2.0 * a, (a * a).sum(1, keepdims=True), np.ones((len(a), 1))])
+               @ np.hstack([b, np.ones((len(b), 1)), (b * b).sum(1, keepdims=True)]).T)
     np.maximum(squared, 0.0, out=squared)  # rounding can make identical rows slightly negative
     if metric == 'sqeuclidean':
         return squared

@@ -1,0 +1,410 @@
+#!/usr/bin/env python3
+"""Embeds the images of a dataset CSV with a trained model into an HDF5 file.
+
+    python embed.py --experiment_root ~/experiments/my_experiment \
+        --dataset data/market1501_query.csv [--flip_augment --crop_augment five --aggregator mean]
+
+The net, head, embedding size, input sizes and image root come from the experiment's
+args.json unless given here. Writes dataset `emb` (N, D) (and the 2017 name `embs` as a link);
+with test-time augmentation also `emb_aug` (A, N, D) and `augmentation_types` (A,). Row i
+always belongs to line i of the CSV. Experiment roots of the 2017 TensorFlow 1 code work too.
+"""
+import argparse
+import csv
+import inspect
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import aggregators
+import common
+
+AGGREGATORS = sorted(name for name, f in vars(aggregators).items()
+                     if inspect.isfunction(f) and f.__module__ == aggregators.__name__
+                     and not name.startswith('_'))
+CROPS = ('center', 'avgpool', 'five')
+# The corner crops of `--crop_augment five`, in the 2017 order, as (row, column) of the
+# crop's top-left corner in units of the margin (pre-crop size - net input size).
+FIVE_CROPS = {'center': (0.5, 0.5), 'top_left': (0, 0), 'top_right': (0, 1),
+              'bottom_left': (1, 0), 'bottom_right': (1, 1)}
+# The settings of the trained model that args.json supplies unless given on the command line.
+# Only these are read: the training flags flip_augment and crop_augment must not switch on
+# test-time augmentation.
+SETTINGS = {'model_name': str, 'head_name': str, 'embedding_dim': int,
+            'net_input_height': int, 'net_input_width': int,
+            'pre_crop_height': int, 'pre_crop_width': int, 'image_root': str}
+
+parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+parser.add_argument(
+    '--experiment_root', required=True,
+    help='Folder of the trained experiment: its args.json and checkpoints are read, and the '
+         'embeddings are written there.')
+parser.add_argument(
+    '--dataset', required=True,
+    help='CSV file of `identity,relative/path.jpg` lines to embed, e.g. data/market1501_query.csv.')
+parser.add_argument(
+    '--filename', default=None,
+    help='Output HDF5 file, relative to --experiment_root unless absolute. Default: the '
+         'dataset file name with `_embeddings.h5`, e.g. market1501_query_embeddings.h5.')
+parser.add_argument(
+    '--csv', default=None, metavar='FILE',
+    help='Also write `fid,v1,...,vD` text lines of the (aggregated) embeddings to FILE, relative '
+         'to --experiment_root unless absolute; `-` writes to standard output.')
+parser.add_argument(
+    '--checkpoint', default=None,
+    help='Checkpoint to load, e.g. checkpoint-20000, relative to --experiment_root unless '
+         'absolute. Default: the latest one.')
+parser.add_argument(
+    '--image_root', default=None,
+    help='Folder the image paths of --dataset are relative to. Default: args.json\'s, else the '
+         'current folder.')
+parser.add_argument(
+    '--batch_size', default=256, type=common.positive_int,
+    help='Images (counting each augmentation) per forward pass; only speed and memory depend '
+         'on it, not the embeddings.')
+parser.add_argument(
+    '--flip_augment', action='store_true',
+    help='Also embed the horizontal flip of each image (2 embeddings per crop).')
+parser.add_argument(
+    '--crop_augment', choices=CROPS, default=None,
+    help='Resize to the pre-crop size and then: `center` embeds the centre crop of the net input '
+         'size, `five` the centre and four corner crops, `avgpool` the whole pre-crop-size image '
+         '(global pooling absorbs the size). Default: resize straight to the net input size.')
+parser.add_argument(
+    '--aggregator', choices=AGGREGATORS, default=None,
+    help='How to combine the embeddings of the augmentations into `emb`: `mean` for models '
+         'trained with a euclidean loss, `normalized_mean` for `_normalize` heads. Required '
+         'with --flip_augment or --crop_augment five, refused without them.')
+parser.add_argument(
+    '--quiet', action='store_true',
+    help='Print only warnings and errors: no settings, no progress bar.')
+group = parser.add_argument_group(
+    'model settings', 'Default: the value in the experiment\'s args.json.')
+group.add_argument('--model_name', choices=common.plugin_names('nets'), default=None,
+                   help='Backbone, one of nets/.')
+group.add_argument('--head_name', choices=common.plugin_names('heads'), default=None,
+                   help='Embedding head, one of heads/.')
+group.add_argument('--embedding_dim', type=common.positive_int, default=None,
+                   help='Size of the embedding.')
+group.add_argument('--net_input_height', type=common.positive_int, default=None,
+                   help='Height in pixels of the images the net sees.')
+group.add_argument('--net_input_width', type=common.positive_int, default=None,
+                   help='Width in pixels of the images the net sees.')
+group.add_argument('--pre_crop_height', type=common.positive_int, default=None,
+                   help='Height in pixels images are resized to before --crop_augment crops.')
+group.add_argument('--pre_crop_width', type=common.positive_int, default=None,
+                   help='Width in pixels images are resized to before --crop_augment crops.')
+
+
+# ----------------------------------------------------------------------------- helpers
+def augmentation_types(flip: bool, crop: str | None) -> list[str]:
+    """Names of the embeddings made per image, in the order embed.py stacks them.
+
+    As in the 2017 code, the image is flipped first and then cropped, so
+    `original_flip_top_left` is the top-left crop of the flipped image (the flip of the
+    original's top-right crop). Without crop augmentation the names end in `_resize`.
+    """
+    flips = ['original', 'original_flip'] if flip else ['original']
+    crops = list(FIVE_CROPS) if crop == 'five' else [crop or 'resize']
+    return [f'{f}_{c}' for f in flips for c in crops]
+
+
+def augment(image, net_size: tuple[int, int], pre_crop_size: tuple[int, int], flip: bool,
+            crop: str | None, legacy_resize: bool = False):
+    """Resizes, flips and crops one decoded image into the inputs of its embeddings.
+
+    Works eagerly and inside tf.data / tf.function.
+
+    Args:
+        image: uint8 or float (H, W, 3) RGB, any H and W.
+        net_size: (height, width) the net sees.
+        pre_crop_size: (height, width) to resize to before cropping; used with `crop` only.
+        flip: add the horizontal flip.
+        crop: None, `center`, `avgpool` or `five`, as --crop_augment.
+        legacy_resize: resize as TensorFlow 1's resize_images did (no half-pixel centres),
+            which is what models trained by the 2017 code saw.
+
+    Returns:
+        float32 (A, h, w, 3) in the order of `augmentation_types(flip, crop)`; (h, w) is
+        `pre_crop_size` for `avgpool`, else `net_size`.
+    """
+    import tensorflow as tf
+    size = pre_crop_size if crop else net_size
+    if legacy_resize:
+        image = tf.compat.v1.image.resize_bilinear(image[None], size, align_corners=False,
+                                                   half_pixel_centers=False)[0]
+    else:
+        image = common.resize_image(image, *size)  # as train.py resizes
+    image = tf.cast(image, tf.float32)
+    margin = (size[0] - net_size[0], size[1] - net_size[1])
+    inputs = []
+    for im in [image, tf.reverse(image, [1])] if flip else [image]:
+        if crop in ('center', 'five'):
+            corners = FIVE_CROPS.values() if crop == 'five' else [FIVE_CROPS['center']]
+            for row, col in corners:
+                top, left = int(margin[0] * row), int(margin[1] * col)
+                inputs.append(im[top:top + net_size[0], left:left + net_size[1]])
+        else:
+            inputs.append(im)
+    return tf.stack(inputs)
+
+
+def checkpoints_in(root: Path) -> list[str]:
+    """Checkpoint names (e.g. `checkpoint-25000`) in `root`, in order of their step number."""
+    names = [p.name[:-len('.index')] for p in root.glob('*.index')]
+    return sorted(names, key=lambda name: (int(m[1]) if (m := re.search(r'(\d+)$', name)) else -1,
+                                           name))
+
+
+def compute_embeddings(model, paths: list[str], net_size: tuple[int, int],
+                       pre_crop_size: tuple[int, int], flip: bool, crop: str | None,
+                       batch_size: int, legacy_resize: bool = False, progress: bool = False,
+                       forward=None) -> np.ndarray:
+    """Embeds image files with test-time augmentation, decoding in parallel with the model.
+
+    Args:
+        model: a model of common.build_model, with its weights loaded.
+        paths: N image files (JPEG, PNG, ...).
+        net_size, pre_crop_size, flip, crop, legacy_resize: as for `augment`.
+        batch_size: inputs (counting each augmentation) per forward pass.
+        progress: show a progress bar on standard error (images, images/s, ETA).
+        forward: the traced model call to use, `forward_pass(model)` if None; the benchmark
+            passes its own to time both with one trace.
+
+    Returns:
+        float32 (N, A, D): the embeddings of the A augmentations of each image, row i for
+        path i, whatever the batch size.
+
+    Raises:
+        InputError: an image cannot be read or decoded (named).
+    """
+    import tensorflow as tf
+    from tqdm import tqdm
+    per_image = len(augmentation_types(flip, crop))
+    batch_size = min(batch_size, len(paths) * per_image)
+    def load(path):
+        return augment(common.read_image(path), net_size, pre_crop_size, flip, crop,
+                       legacy_resize)
+
+    # Parallel decoding, but in order: row i must be path i.
+    dataset = tf.data.Dataset.from_tensor_slices(paths).map(
+        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.unbatch().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    forward = forward or forward_pass(model)
+
+    embs, rows = [], 0
+    bar = tqdm(total=len(paths), unit='img', desc='embedding', disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        for images in dataset:
+            count = int(images.shape[0])
+            # The last batch is padded to the full size so that the traced forward pass is
+            # reused; in inference mode each row is computed on its own: padding changes nothing.
+            if count < batch_size:
+                images = tf.concat([images, tf.zeros((batch_size - count, *images.shape[1:]),
+                                                     images.dtype)], 0)
+            embs.append(forward(images)[:count].numpy())
+            bar.update((rows + count) // per_image - rows // per_image)
+            rows += count
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+        # tf.data's error does not say which file; the culprit is at or after the last image
+        # that came through.
+        culprit = first_undecodable(paths[rows // per_image:])
+        if culprit is None:
+            raise
+        raise common.InputError(f'cannot decode image {culprit[0]}: {culprit[1]}') from e
+    finally:
+        bar.close()
+    return np.concatenate(embs).reshape(len(paths), per_image, -1)
+
+
+def forward_pass(model):
+    """The model's inference call on a batch (B, H, W, 3) -> `emb` (B, D), traced once per shape."""
+    import tensorflow as tf
+
+    @tf.function(autograph=False)  # no Python control flow to convert
+    def forward(images):
+        return model(images, training=False)['emb']
+    return forward
+
+
+def first_undecodable(paths: list[str]) -> tuple[str, str] | None:
+    """The first of `paths` that TensorFlow cannot read or decode, with the reason, or None."""
+    import tensorflow as tf
+    for path in paths:
+        try:
+            common.read_image(path)
+        except tf.errors.OpError as e:
+            return path, e.message.strip().split('\n')[0]
+    return None
+
+
+def probe_writable(path: Path) -> None:
+    """Fails now, not after an hour of embedding, if `path` cannot be written."""
+    if path.is_dir():
+        raise common.InputError(f'cannot write {path}: it is a folder')
+    probe = path.with_name(path.name + '.tmp')  # the temporary name the writers use
+    try:
+        with open(probe, 'wb'):
+            pass
+        probe.unlink()
+    except OSError as e:
+        raise common.InputError(f'cannot write {path}: {e.strerror or e}') from None
+
+
+def write_csv(path: Path | None, fids: np.ndarray, emb: np.ndarray) -> None:
+    """Writes `fid,v1,...,vD` lines to `path` (None: standard output), atomically for files."""
+    def write(f):
+        writer = csv.writer(f, lineterminator='\n')
+        for fid, row in zip(fids, emb, strict=True):
+            writer.writerow([fid, *(f'{v:.9g}' for v in row)])  # 9 digits: float32 round trip
+    if path is None:
+        write(sys.stdout)
+        sys.stdout.flush()
+        return
+    tmp = path.with_name(path.name + '.tmp')
+    try:
+        with open(tmp, 'w', newline='', encoding='utf-8') as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise common.InputError(f'cannot write {path}: {e.strerror or e}') from None
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    args = parser.parse_args(argv)
+    log = common.setup_logging(quiet=args.quiet)
+    root = Path(args.experiment_root).expanduser()
+    if not root.is_dir():
+        raise common.InputError(f'experiment root {root} is not a folder')
+
+    # Test-time augmentation: several embeddings per image need an aggregator, one must not.
+    types = augmentation_types(args.flip_augment, args.crop_augment)
+    if len(types) > 1 and args.aggregator is None:
+        raise common.InputError(f'--flip_augment/--crop_augment five make {len(types)} '
+                                f'embeddings per image: choose how to combine them with '
+                                f'--aggregator {{{",".join(AGGREGATORS)}}}')
+    if len(types) == 1 and args.aggregator is not None:
+        raise common.InputError(f'--aggregator {args.aggregator} needs several embeddings per '
+                                f'image: add --flip_augment or --crop_augment five')
+
+    # Settings: the command line wins over args.json.
+    args_file = root / 'args.json'
+    trained = {}
+    if args_file.is_file():
+        try:
+            trained = json.loads(args_file.read_text(encoding='utf-8'))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise common.InputError(f'cannot read {args_file}: {e}') from None
+        if not isinstance(trained, dict):
+            raise common.InputError(f'{args_file} does not hold a JSON object')
+    for key, kind in SETTINGS.items():
+        if getattr(args, key) is None and trained.get(key) is not None:
+            value = trained[key]
+            if not isinstance(value, kind) or isinstance(value, bool) or (
+                    kind is int and value <= 0):
+                raise common.InputError(f'{args_file}: {key} is {value!r}, expected a '
+                                        f'{"positive integer" if kind is int else "string"}')
+            setattr(args, key, value)
+    needed = ['model_name', 'head_name', 'embedding_dim', 'net_input_height', 'net_input_width']
+    if args.crop_augment:
+        needed += ['pre_crop_height', 'pre_crop_width']
+    missing = [key for key in needed if getattr(args, key) is None]
+    if missing:
+        raise common.InputError(
+            f'{", ".join(missing)} not known: {args_file} '
+            f'{"lacks them" if trained else "does not exist"}; give --{" --".join(missing)}')
+    net_size = (args.net_input_height, args.net_input_width)
+    pre_crop_size = (args.pre_crop_height, args.pre_crop_width)
+    if args.crop_augment and (pre_crop_size[0] < net_size[0] or pre_crop_size[1] < net_size[1]):
+        raise common.InputError(f'--crop_augment {args.crop_augment} crops {net_size[0]}x'
+                                f'{net_size[1]} out of the pre-crop size {pre_crop_size[0]}x'
+                                f'{pre_crop_size[1]}, which is smaller')
+
+    # Checkpoint.
+    available = checkpoints_in(root)
+    if args.checkpoint is not None:
+        checkpoint = root / args.checkpoint.removesuffix('.index')
+        if not Path(f'{checkpoint}.index').is_file() and not checkpoint.is_file():
+            raise common.InputError(f'checkpoint {checkpoint} does not exist; {root} has '
+                                    f'{", ".join(available) if available else "none"}')
+    elif not available:
+        raise common.InputError(f'no checkpoint in {root} (no checkpoint-<step>.index files)')
+    else:
+        checkpoint = None  # the latest, which TensorFlow reads from the `checkpoint` file
+
+    # Data and output files.
+    image_root = Path(args.image_root or '.').expanduser()
+    _, fids = common.load_dataset(args.dataset, image_root, check_files=True)
+    filename = root / (args.filename or f'{Path(args.dataset).stem}_embeddings.h5')
+    probe_writable(filename)
+    csv_file = None if args.csv in (None, '-') else root / args.csv
+    if csv_file is not None:
+        probe_writable(csv_file)
+    if 'crop_augment' in trained and bool(trained['crop_augment']) != bool(args.crop_augment):
+        log.warning('crop augmentation differs between training (%s) and embedding (%s): the '
+                    'net sees people at another scale than it learned',
+                    'on' if trained['crop_augment'] else 'off', args.crop_augment or 'off')
+
+    # Model: imported only now, so that the mistakes above are reported without TensorFlow's
+    # import time.
+    import tensorflow as tf
+    if checkpoint is None:
+        # The state file may name paths of the machine that trained; then take the last step.
+        checkpoint = Path(tf.train.latest_checkpoint(str(root)) or root / available[-1])
+    try:
+        is_tf1 = not tf.train.load_checkpoint(str(checkpoint)).has_tensor(
+            '_CHECKPOINTABLE_OBJECT_GRAPH')
+    except (tf.errors.OpError, ValueError) as e:
+        raise common.InputError(f'cannot read checkpoint {checkpoint}: {e}') from None
+    model = common.build_model(args.model_name, args.head_name, args.embedding_dim)
+    if is_tf1:
+        # Written by the 2017 TensorFlow 1 code: slim names, plus Adam slots and global_step
+        # that the loader skips.
+        missing = common.load_tf1_checkpoint(model, str(checkpoint), log)['missing']
+        if missing:  # fine for training from ImageNet weights, not for embedding
+            raise common.InputError(f'checkpoint {checkpoint} lacks {len(missing)} variables of '
+                                    f'{model.name}, e.g. {missing[0]}')
+    else:
+        try:
+            status = tf.train.Checkpoint(model=model).restore(str(checkpoint)).expect_partial()
+            status.assert_existing_objects_matched()
+        except (AssertionError, ValueError) as e:
+            raise common.InputError(f'checkpoint {checkpoint} does not hold the weights of '
+                                    f'{model.name} (embedding_dim {args.embedding_dim}): '
+                                    f'{str(e).splitlines()[0]}') from None
+    log.info('embedding %d images of %s with %s from %s, %d embedding%s each (%s)', len(fids),
+             args.dataset, model.name, checkpoint, len(types), 's' * (len(types) > 1),
+             ', '.join(types))
+
+    # Embedding.
+    paths = [str(image_root / fid) for fid in fids]
+    emb = compute_embeddings(model, paths, net_size, pre_crop_size, args.flip_augment,
+                             args.crop_augment, args.batch_size,
+                             legacy_resize=is_tf1,  # the 2017 code trained on TF1's resize
+                             progress=not args.quiet)
+
+    # Aggregation and output.
+    emb_aug = None
+    if len(types) > 1:
+        emb_aug = emb.transpose(1, 0, 2)  # (A, N, D)
+        emb = getattr(aggregators, args.aggregator)(emb_aug)
+    else:
+        emb = emb[:, 0]
+    common.save_embeddings(filename, emb, emb_aug, types if emb_aug is not None else None)
+    log.info('wrote %s: emb %s%s', filename, emb.shape,
+             f', emb_aug {emb_aug.shape}' if emb_aug is not None else '')
+    if args.csv is not None:
+        write_csv(csv_file, fids, emb)
+        if csv_file is not None:
+            log.info('wrote %s', csv_file)
+
+
+if __name__ == '__main__':
+    common.run(main)
