@@ -5,6 +5,8 @@ layer `MobilenetV1.Conv2d_1_depthwise`; common.load_tf1_checkpoint maps the name
 """
 import keras
 
+import common
+
 SCOPE = 'MobilenetV1'
 
 # (kind, stride, depth at multiplier 1) of Conv2d_0 .. Conv2d_13, as in the MobileNet paper.
@@ -21,7 +23,6 @@ MIN_DEPTH = 8
 
 
 def _bn_relu6(x, name: str):
-    import common
     x = common.BatchNorm(BN_DECAY, BN_EPSILON, name=f'{name}.BatchNorm')(x)
     return keras.layers.ReLU(6.0, name=f'{name}.relu6')(x)
 

@@ -9,6 +9,8 @@ the slim scope `resnet_v1_50/block1/unit_1/bottleneck_v1/conv1` is the layer
 """
 import keras
 
+import common
+
 # ImageNet RGB means that slim's ResNet checkpoints were trained with (and the 2017 code used).
 RGB_MEAN = (123.68, 116.78, 103.94)
 
@@ -21,7 +23,6 @@ BN_EPSILON = 1e-5
 
 def _conv_bn(x, depth: int, size: int, stride: int, name: str, relu: bool = True):
     """slim's conv2d (or conv2d_same when strided) + batch_norm (+ ReLU) under scope `name`."""
-    import common
     padding = 'same'
     if stride > 1 and size > 1:
         # conv2d_same: pad as if for stride 1, so the result does not depend on H, W parity.
