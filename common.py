@@ -120,6 +120,9 @@ def load_dataset(csv_file: str | os.PathLike, image_root: str | os.PathLike | No
                                      f'got {",".join(row)!r}')
                 pids.append(row[0].strip())
                 fids.append(row[1].strip())
+    except FileNotFoundError:
+        raise InputError(f'dataset {csv_file} does not exist (data/prepare.py writes the CSVs '
+                         'of the public datasets)') from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f'cannot read dataset {csv_file}: {e}') from None
     if not fids:

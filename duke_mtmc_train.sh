@@ -15,18 +15,9 @@ if [ $# -lt 3 ]; then
     exit 2
 fi
 HERE=$(cd "$(dirname "$0")" && pwd)
-TRAIN_SET=$HERE/data/duke_train.csv
-case " $* " in
-    *" --train_set"*) ;;
-    *) if [ ! -f "$TRAIN_SET" ]; then
-           echo "$0: error: $TRAIN_SET does not exist; write it with:" \
-                "python data/prepare.py duke $1 --out $HERE/data" >&2
-           exit 2
-       fi ;;
-esac
 IMAGE_ROOT=$1
 INITIAL_CHECKPOINT=$2
 EXPERIMENT_ROOT=$3
 shift 3
 exec sh "$HERE/market1501_train.sh" "$IMAGE_ROOT" "$INITIAL_CHECKPOINT" "$EXPERIMENT_ROOT" \
-    --train_set "$TRAIN_SET" "$@"
+    --train_set "$HERE/data/duke_train.csv" "$@"

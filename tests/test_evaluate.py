@@ -228,7 +228,7 @@ def break_missing_h5(paths):
 
 def break_missing_csv(paths):
     paths['query_dataset'].unlink()
-    return 'cannot read dataset'
+    return 'query.csv does not exist'
 
 
 def break_h5_content(paths):
