@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import embed  # noqa: E402
+from _machine import describe  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
 parser.add_argument('--model_name', default='resnet_v1_50', choices=common.plugin_names('nets'))
@@ -83,18 +84,18 @@ def main():
     print(f'{args.model_name} + {args.head_name}, {size[0]}x{size[1]} JPEG files, batch '
           f'{args.batch_size}, {count} images per run, {args.rounds} rounds, '
           f'{tf.config.threading.get_intra_op_parallelism_threads() or "all"} intra-op threads')
-    speed = {}
+    speed, machine = {}, describe()
     for name, label in (('pipeline', 'embed pipeline (files -> embeddings)'),
                         ('bare', 'bare forward pass (in-memory batch)')):
         speed[name] = count / min(times[name])
         rounds = ', '.join(f'{count / t:.1f}' for t in times[name])
         cpu_ms = 1000 * statistics.median(cpu[name]) / count
         print(f'{label:38s} {speed[name]:7.1f} images/s, {cpu_ms:6.1f} CPU ms/image  '
-              f'(rounds: {rounds})')
+              f'(rounds: {rounds})  [{machine}]')
     ratio = speed['pipeline'] / speed['bare']
     cpu_ratio = statistics.median(cpu['bare']) / statistics.median(cpu['pipeline'])
     print(f'pipeline / bare throughput = {ratio:.3f} (target >= 0.90: '
-          f'{"met" if ratio >= 0.9 else "MISSED"}); by CPU time = {cpu_ratio:.3f}')
+          f'{"met" if ratio >= 0.9 else "MISSED"}); by CPU time = {cpu_ratio:.3f}  [{machine}]')
 
 
 if __name__ == '__main__':

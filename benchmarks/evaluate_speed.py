@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import evaluate  # noqa: E402
+from _machine import describe  # noqa: E402
 from excluders import market1501  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -55,6 +56,7 @@ def market_like(rng, queries, gallery, identities, noise=1.3, dim=128):
 def main():
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    machine = describe()
     print('Market-1501-sized: 3,368 queries x 19,732 gallery, 128-D, euclidean')
     for kind, noise in (('clustered', 1.3), ('random', None)):
         data = market_like(rng, 3368, 19732, 750, noise)
@@ -70,7 +72,7 @@ def main():
             loop = (time.perf_counter() - start) * 3368 / args.loop_queries
             print(f'{kind:9s} {name:21s} evaluate {fast:5.2f} s | per-query loop {loop:6.1f} s '
                   f'(from {args.loop_queries} queries) | {loop / fast:5.1f}x faster | '
-                  f'mAP {result["mAP"]:.2%}')
+                  f'mAP {result["mAP"]:.2%}  [{machine}]')
     if args.large:
         data = market_like(rng, 20000, 200000, 5000)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -79,7 +81,7 @@ def main():
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(f'20,000 x 200,000: {time.perf_counter() - start:.1f} s, peak memory {peak:.2f} GiB '
               f'(before: {before:.2f} GiB; the full distance matrix alone would be '
-              f'{20000 * 200000 * 8 / 2**30:.0f} GiB)')
+              f'{20000 * 200000 * 8 / 2**30:.0f} GiB)  [{machine}]')
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402  (needs the path above)
+from _machine import describe  # noqa: E402
 import train  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -72,13 +73,14 @@ def main():
             step(images, pids)['loss'].numpy()
             times[name].append(time.perf_counter() - start)
     speed = {name: batch / np.median(t) for name, t in times.items()}
+    machine = 'GPU' if tf.config.list_physical_devices('GPU') else describe()
     for name, images_per_s in speed.items():
         print(f'{name:42s} {images_per_s:6.2f} images/s  (steps: '
-              f'{", ".join(f"{t:.2f}" for t in times[name])} s)')
+              f'{", ".join(f"{t:.2f}" for t in times[name])} s)  [{machine}]')
     ours, plain = speed.values()
     print(f'ratio ours / plain Keras: {ours / plain:.2f} (P={args.batch_p} K={args.batch_k}, '
-          f'{args.height}x{args.width}, batch_hard soft, Adam{", XLA" if args.jit else ""}; '
-          f'device: {"GPU" if tf.config.list_physical_devices("GPU") else "CPU"})')
+          f'{args.height}x{args.width}, batch_hard soft, Adam{", XLA" if args.jit else ""})  '
+          f'[{machine}]')
 
 
 if __name__ == '__main__':

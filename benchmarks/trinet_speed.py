@@ -19,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402  (needs the path above)
 import trinet_embed  # noqa: E402
+from _machine import describe  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
 parser.add_argument('--batch_size', type=common.positive_int, default=8,
@@ -60,12 +61,13 @@ def main() -> int:
         embed(crops).numpy()
         times.append(time.perf_counter() - start)
     step = float(np.median(times))
+    machine = describe()
     gflop = forward_flops(model) / 1e9
     print(f'network: {args.batch_size / step:.2f} images/s ({10 * args.batch_size / step:.1f} '
           f'crops/s, {args.batch_size} images = {10 * args.batch_size} crops per step, median '
-          f'of {args.steps} steps of {", ".join(f"{t:.2f}" for t in times)} s)')
+          f'of {args.steps} steps of {", ".join(f"{t:.2f}" for t in times)} s)  [{machine}]')
     print(f'         {gflop:.2f} GFLOP per crop -> '
-          f'{10 * args.batch_size * gflop / step:.0f} GFLOP/s')
+          f'{10 * args.batch_size * gflop / step:.0f} GFLOP/s  [{machine}]')
 
     # ------------------------------------------------------------------ preprocessing
     image = rng.integers(0, 256, (128, 64, 3)).astype(np.uint8)
@@ -74,7 +76,7 @@ def main() -> int:
     for _ in range(count):
         trinet_embed.ten_crops(image)
     print(f'preprocessing: {count / (time.perf_counter() - start):.0f} images/s (resize + 10 crops '
-          f'of a 128x64 image)')
+          f'of a 128x64 image)  [{machine}]')
     return 0
 
 

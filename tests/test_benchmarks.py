@@ -21,7 +21,8 @@ RUNS = {
 }
 
 
-@pytest.mark.parametrize('script', sorted(p.name for p in (ROOT / 'benchmarks').glob('*.py')))
+@pytest.mark.slow
+@pytest.mark.parametrize('script', sorted(p.name for p in (ROOT / 'benchmarks').glob('[!_]*.py')))
 def test_benchmark_runs(script):
     assert script in RUNS, f'benchmarks/{script} has no toy run in this test'
     flags, expected = RUNS[script]

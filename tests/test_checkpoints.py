@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import common
+from conftest import assert_close_float32
 
 NETS = common.plugin_names('nets')
 HEADS = common.plugin_names('heads')
@@ -146,20 +147,6 @@ def random_values(shapes, seed=0):
     return values
 
 
-def write_tf1_checkpoint(path, values, version, global_step=None):
-    """Saves `values` {slim name: array} as tf.compat.v1 variables; returns the Saver's path."""
-    graph = tf.Graph()
-    with graph.as_default():
-        variables = [tf.compat.v1.Variable(value, name=name) for name, value in values.items()]
-        if global_step is not None:
-            variables.append(tf.compat.v1.Variable(np.int64(global_step), name='global_step'))
-        write_version = getattr(tf.compat.v1.train.SaverDef, version)
-        saver = tf.compat.v1.train.Saver(variables, write_version=write_version)
-        with tf.compat.v1.Session(graph=graph) as session:
-            session.run(tf.compat.v1.global_variables_initializer())
-            return saver.save(session, str(path), write_meta_graph=False)
-
-
 def model_values(model):
     return {common.slim_name(layer, v): v.numpy() for layer in model.layers for v in layer.weights}
 
@@ -185,7 +172,8 @@ def test_model_variables_have_slim_names_and_shapes(net):
 
 
 @pytest.mark.parametrize('net', NETS)
-def test_v1_imagenet_checkpoint_loads_backbone_and_reports(net, tmp_path, caplog):
+def test_v1_imagenet_checkpoint_loads_backbone_and_reports(net, tmp_path, caplog,
+                                                           write_tf1_checkpoint):
     model = common.build_model(net, 'fc1024', EMBEDDING_DIM)
     shapes = model_shapes(model)
     head = [name for name in shapes if name.split('/')[0] in ('fully_connected', 'emb')]
@@ -217,12 +205,12 @@ def test_v1_imagenet_checkpoint_loads_backbone_and_reports(net, tmp_path, caplog
     if net in SLIM_SHAPES:
         image = _images(1, 64, 32)
         ours = model(image, training=False)['model_output'].numpy()
-        np.testing.assert_allclose(ours, slim_forward(values, net, image), rtol=1e-3,
-                                   atol=1e-3 * np.abs(ours).max())
+        assert_close_float32(ours, slim_forward(values, net, image), model)
 
 
 @pytest.mark.parametrize('head', HEADS)
-def test_v2_experiment_checkpoint_with_adam_slots_loads_everything(head, tmp_path):
+def test_v2_experiment_checkpoint_with_adam_slots_loads_everything(head, tmp_path,
+                                                                   write_tf1_checkpoint):
     # A 2017 experiment root: model, head, Adam slots and global_step, V2, found via `checkpoint`.
     model = common.build_model('mobilenet_v1_0_25', head, EMBEDDING_DIM)
     shapes = model_shapes(model)
@@ -250,15 +238,15 @@ def test_v2_experiment_checkpoint_with_adam_slots_loads_everything(head, tmp_pat
             v['fully_connected/BatchNorm/moving_variance'] + 1e-5)
         x = np.maximum(x * v['fully_connected/BatchNorm/gamma'] +
                        v['fully_connected/BatchNorm/beta'], 0)
-        np.testing.assert_allclose(out['head_output'].numpy(), x, rtol=1e-4, atol=1e-4)
+        assert_close_float32(out['head_output'].numpy(), x, model)
     emb = x @ values['emb/weights'] + values['emb/biases']
-    np.testing.assert_allclose(out['emb_raw'].numpy(), emb, rtol=1e-4, atol=1e-4)
+    assert_close_float32(out['emb_raw'].numpy(), emb, model)
     if head.endswith('_normalize'):
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    np.testing.assert_allclose(out['emb'].numpy(), emb, rtol=1e-4, atol=1e-4)
+    assert_close_float32(out['emb'].numpy(), emb, model)
 
 
-def test_checkpoint_of_other_architectures_is_refused(tmp_path):
+def test_checkpoint_of_other_architectures_is_refused(tmp_path, write_tf1_checkpoint):
     mobilenet = common.build_model('mobilenet_v1_0_25', 'fc1024', EMBEDDING_DIM)
     shapes = model_shapes(mobilenet)
     before = model_values(mobilenet)

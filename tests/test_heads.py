@@ -5,6 +5,7 @@ import tensorflow as tf
 import keras
 
 import common
+from conftest import assert_close_float32
 
 HEADS = common.plugin_names('heads')
 FEATURES, EMBEDDING_DIM = 12, 5
@@ -55,9 +56,9 @@ def test_head_eager_and_tf_function_agree(name):
     compiled = tf.function(lambda x, training: model(x, training=training)['emb'],
                            autograph=False)
     for training in (False, True):
-        np.testing.assert_allclose(compiled(_features(seed=1), training).numpy(),
-                                   model(_features(seed=1), training=training)['emb'].numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        # Graph rewrites fuse the matrix product with the bias: other kernels, other rounding.
+        assert_close_float32(compiled(_features(seed=1), training).numpy(),
+                             model(_features(seed=1), training=training)['emb'].numpy(), model)
 
 
 @pytest.mark.parametrize('name', HEADS)
@@ -79,10 +80,9 @@ def test_fc1024_matches_numpy_in_training_mode():
     out = model(x, training=True)
     h = x @ model.get_layer('fully_connected').kernel.numpy()
     h = np.maximum((h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5), 0)  # gamma 1, beta 0 at init
-    np.testing.assert_allclose(out['head_output'].numpy(), h, rtol=1e-3, atol=1e-4)
+    assert_close_float32(out['head_output'].numpy(), h, model)
     emb = model.get_layer('emb')
-    np.testing.assert_allclose(out['emb'].numpy(), h @ emb.kernel.numpy() + emb.bias.numpy(),
-                               rtol=1e-3, atol=1e-4)
+    assert_close_float32(out['emb'].numpy(), h @ emb.kernel.numpy() + emb.bias.numpy(), model)
     np.testing.assert_allclose(bn.moving_mean.numpy(),
                                0.1 * (x @ model.get_layer('fully_connected').kernel.numpy())
                                .mean(0), rtol=1e-4, atol=1e-5)

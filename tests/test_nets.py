@@ -7,6 +7,7 @@ import tensorflow as tf
 import keras
 
 import common
+from conftest import assert_close_float32
 
 NETS = common.plugin_names('nets')
 
@@ -43,15 +44,18 @@ def test_net_endpoints_any_size_and_finite_gradients(name):
 @pytest.mark.parametrize('name', NETS)
 def test_net_eager_and_tf_function_agree(name):
     model = _net_model(name)
-    images = _images(2, 64, 32, seed=1)
+    # In training mode batch norm divides by the batch's own standard deviation; over a handful
+    # of values (2 images x 2x1 pixels at the deepest layers) that can be far below the
+    # activations' scale and amplify rounding errors by the ratio. 4 images of 128x64 give at
+    # least 32 values per channel, enough for the bound of float32_tolerance to hold.
+    images = _images(4, 128, 64, seed=1)
     compiled = tf.function(lambda x, training: model(x, training=training)['model_output'],
                            autograph=False)
     for training in (False, True):
         eager = model(images, training=training)['model_output'].numpy()
         graph = compiled(images, training).numpy()
-        # Graph rewrites reorder float sums, and in training mode normalising by the statistics
-        # of a few values (2 images, deep layers of 2x1 pixels) amplifies that to ~1e-4.
-        np.testing.assert_allclose(graph, eager, rtol=1e-3, atol=1e-3 * np.abs(eager).max())
+        # Graph rewrites fuse convolution and batch norm: other kernels, other rounding.
+        assert_close_float32(graph, eager, model)
 
 
 @pytest.mark.parametrize('name', NETS)

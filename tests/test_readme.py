@@ -1,4 +1,4 @@
-"""README.md's commands, run as written on small trees of the real layouts, and demo.sh.
+"""README.md's commands, run as written on small trees of the real layouts (demo.sh: test_demo.py).
 
 Every command in a code block of the README runs here, after the placeholders that stand for
 a user's files (dataset folders, slim's resnet_v1_50.ckpt, the TriNet npz, ~) are swapped for
@@ -11,13 +11,15 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pytest
 from conftest import ROOT
-from test_checkpoints import random_values, slim_resnet_shapes, write_tf1_checkpoint
-from test_trinet_embed import random_arrays
+
+import common
+import trinet_embed
 
 CI_COMMANDS = ('python3 -m venv', '.venv/bin/')  # set-up and test commands: .ci/run runs them
 TINY_TRAINING = ['--train_iterations', '2', '--batch_p', '2', '--batch_k', '2',
@@ -72,8 +74,25 @@ def market_names(pattern):
     return {'bounding_box_train': train, 'query': query, 'bounding_box_test': test}
 
 
+def slim_resnet_v1_50(path, write_tf1_checkpoint) -> str:
+    """A stand-in for slim's resnet_v1_50.ckpt: V1 format, slim names, ImageNet logits."""
+    model = common.build_model('resnet_v1_50', 'direct', 8)
+    values = {common.slim_name(layer, v): v.numpy() for layer in model.layers
+              for v in layer.weights if layer.name.startswith('resnet_v1_50.')}
+    values['resnet_v1_50/logits/weights'] = np.zeros((1, 1, 2048, 10), np.float32)
+    return write_tf1_checkpoint(path, values, 'V1')
+
+
+def trinet_npz(path) -> None:
+    """A stand-in for trinet-market1501.npz: arr_0 ... arr_272 in Lasagne's order."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(0, 0.02, shape).astype(np.float32) for _, shape in
+              trinet_embed.param_layout()]
+    np.savez(path, *arrays)
+
+
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, write_tf1_checkpoint):
     """A copy of the checkout's layout (links) whose data/ and home are the test's own."""
     tmp = tmp_path_factory.mktemp('readme')
     work = tmp / 'work'
@@ -91,11 +110,8 @@ def workdir(tmp_path_factory):
     (market / 'bounding_box_test' / '-1_c1s1_000007_00.jpg').write_bytes(
         (market / 'query' / '0005_c1s1_000009_00.jpg').read_bytes())  # a junk image
     write_reid_tree(tmp / 'DukeMTMC-reID', market_names('{pid:04d}_c{cam}_f{n:07d}.jpg'), seed=1)
-    checkpoint = write_tf1_checkpoint(
-        tmp / 'resnet_v1_50.ckpt',
-        {**random_values(slim_resnet_shapes('resnet_v1_50', (3, 4, 6, 3))),
-         'resnet_v1_50/logits/weights': np.zeros((1, 1, 2048, 10), np.float32)}, 'V1')
-    np.savez(tmp / 'trinet-market1501.npz', *random_arrays())
+    checkpoint = slim_resnet_v1_50(tmp / 'resnet_v1_50.ckpt', write_tf1_checkpoint)
+    trinet_npz(tmp / 'trinet-market1501.npz')
     (work / 'files.txt').write_text(f'{market}/query/0005_c1s1_000009_00.jpg\n'
                                     f'{market}/query/0006_c1s1_000009_00.jpg\n')
     swaps = {'/data/Market-1501-v15.09.15': str(market), '/data/DukeMTMC-reID':
@@ -111,12 +127,21 @@ def run(command, work, home, timeout=300):
                           text=True, timeout=timeout)
 
 
+def groups(commands: list[str]) -> dict[str, list[str]]:
+    """The commands by what they work on: an experiment root (~/experiments/NAME) or, for the
+    others, their script. Each group runs in README order; groups share nothing but data/."""
+    grouped = {}
+    for command in commands:
+        match = re.search(r'~/experiments/(\w+)', command)
+        grouped.setdefault(match[1] if match else command.split()[1], []).append(command)
+    return grouped
+
+
+@pytest.mark.slow
 def test_every_readme_command_runs(workdir):
     work, home, swaps = workdir
-    commands = readme_commands()
-    assert any(c.startswith('python evaluate.py') for c in commands)  # the parser found blocks
-    ran = []
-    for command in commands:
+    commands = []
+    for command in readme_commands():
         if command.startswith(CI_COMMANDS):
             assert 'pytest' in command or 'ruff' in command or 'pip install' in command, command
             continue
@@ -124,9 +149,23 @@ def test_every_readme_command_runs(workdir):
             command = command.replace(placeholder, path)
         if re.match(r'(bash \S+_train\.sh|python train\.py --train_set)', command):
             command += ' ' + ' '.join(TINY_TRAINING)
-        done = run(command, work, home)
-        assert done.returncode == 0, f'{command}\n{done.stderr[-3000:]}'
-        ran.append((command, done))
+        commands.append(command)
+    assert any(c.startswith('python evaluate.py') for c in commands)  # the parser found blocks
+
+    def run_group(group: list[str]) -> list[tuple[str, subprocess.CompletedProcess]]:
+        done = []
+        for command in group:
+            done.append((command, run(command, work, home)))
+            assert done[-1][1].returncode == 0, f'{command}\n{done[-1][1].stderr[-3000:]}'
+        return done
+
+    # data/prepare.py writes the CSVs that the training scripts read: first. Then the groups two
+    # at a time, one per core: most of a tiny run is TensorFlow's single-threaded start.
+    grouped = groups(commands)
+    ran = run_group(grouped.pop('data/prepare.py'))
+    with ThreadPoolExecutor(2) as pool:
+        for done in pool.map(run_group, grouped.values()):
+            ran += done
     scripts = {command.split()[1] for command, _ in ran}
     assert scripts >= {'data/prepare.py', 'market1501_train.sh', 'duke_mtmc_train.sh', 'train.py',
                        'embed.py', 'evaluate.py', 'trinet_embed.py'}
@@ -144,17 +183,3 @@ def test_every_readme_command_runs(workdir):
     assert evaluate_output.startswith('mAP: ')
     trinet_lines = (work / 'embeddings.csv').read_text().splitlines()
     assert len(trinet_lines) == 2 and len(trinet_lines[0].split(',')) == 129
-
-
-def test_demo_runs_and_training_helps(tmp_path):
-    env = {**os.environ, 'DEMO_DATA': str(tmp_path / 'demo'),
-           'DEMO_EXPERIMENT': str(tmp_path / 'experiment'),
-           'PATH': f'{os.path.dirname(sys.executable)}{os.pathsep}{os.environ["PATH"]}'}
-    done = subprocess.run(['bash', str(ROOT / 'demo.sh'), '--train_iterations', '60',
-                           '--decay_start_iteration', '40', '--seed', '1'],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    maps = [float(m) for m in re.findall(r'^mAP: ([\d.]+)%', done.stdout, re.MULTILINE)]
-    assert len(maps) == 2 and '== untrained network:' in done.stdout, done.stdout
-    untrained, trained = maps
-    assert trained > untrained + 5, done.stdout  # percentage points
