@@ -22,6 +22,7 @@ import numpy as np
 
 import aggregators
 import common
+from model import build_model, load_tf1_checkpoint, plugin_names
 
 AGGREGATORS = sorted(name for name, f in vars(aggregators).items()
                      if inspect.isfunction(f) and f.__module__ == aggregators.__name__
@@ -84,9 +85,9 @@ parser.add_argument(
     help='Print only warnings and errors: no settings, no progress bar.')
 group = parser.add_argument_group(
     'model settings', 'Default: the value in the experiment\'s args.json.')
-group.add_argument('--model_name', choices=common.plugin_names('nets'), default=None,
+group.add_argument('--model_name', choices=plugin_names('nets'), default=None,
                    help='Backbone, one of nets/.')
-group.add_argument('--head_name', choices=common.plugin_names('heads'), default=None,
+group.add_argument('--head_name', choices=plugin_names('heads'), default=None,
                    help='Embedding head, one of heads/.')
 group.add_argument('--embedding_dim', type=common.positive_int, default=None,
                    help='Size of the embedding.')
@@ -167,7 +168,7 @@ def compute_embeddings(model, paths: list[str], net_size: tuple[int, int],
     """Embeds image files with test-time augmentation, decoding in parallel with the model.
 
     Args:
-        model: a model of common.build_model, with its weights loaded.
+        model: a model of model.build_model, with its weights loaded.
         paths: N image files (JPEG, PNG, ...).
         net_size, pre_crop_size, flip, crop, legacy_resize: as for `augment`.
         batch_size: inputs (counting each augmentation) per forward pass.
@@ -363,11 +364,11 @@ def main(argv: list[str] | None = None) -> None:
             '_CHECKPOINTABLE_OBJECT_GRAPH')
     except (tf.errors.OpError, ValueError) as e:
         raise common.InputError(f'cannot read checkpoint {checkpoint}: {e}') from None
-    model = common.build_model(args.model_name, args.head_name, args.embedding_dim)
+    model = build_model(args.model_name, args.head_name, args.embedding_dim)
     if is_tf1:
         # Written by the 2017 TensorFlow 1 code: slim names, plus Adam slots and global_step
         # that the loader skips.
-        missing = common.load_tf1_checkpoint(model, str(checkpoint), log)['missing']
+        missing = load_tf1_checkpoint(model, str(checkpoint), log)['missing']
         if missing:  # fine for training from ImageNet weights, not for embedding
             raise common.InputError(f'checkpoint {checkpoint} lacks {len(missing)} variables of '
                                     f'{model.name}, e.g. {missing[0]}')

@@ -15,10 +15,11 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 import common
+from model import import_plugin, plugin_names
 import loss
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-parser.add_argument('--excluder', required=True, choices=common.plugin_names('excluders'),
+parser.add_argument('--excluder', required=True, choices=plugin_names('excluders'),
                     help='The evaluation protocol: which gallery entries to ignore for a query.')
 parser.add_argument('--query_dataset', required=True,
                     help='CSV of the queries (identity,path); row i belongs to embedding i.')
@@ -199,7 +200,7 @@ def main() -> None:
     if query_embs.shape[1] != gallery_embs.shape[1]:
         raise common.InputError(f'query embeddings are {query_embs.shape[1]}-D but gallery '
                                 f'embeddings are {gallery_embs.shape[1]}-D')
-    excluder = common.import_plugin('excluders', args.excluder).Excluder(gallery_fids)
+    excluder = import_plugin('excluders', args.excluder).Excluder(gallery_fids)
 
     result = evaluate(query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs,
                       excluder, args.metric, args.use_market_ap, args.batch_size)

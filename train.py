@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import common
+from model import build_model, load_tf1_checkpoint, plugin_names
 import loss
 
 parser = argparse.ArgumentParser(
@@ -35,9 +36,9 @@ parser.add_argument('--image_root', help='Folder the paths of --train_set are re
 parser.add_argument('--resume', action='store_true', default=False,
                     help='Continue the run in --experiment_root from its latest checkpoint, '
                          'with the settings stored in its args.json.')
-parser.add_argument('--model_name', default='resnet_v1_50', choices=common.plugin_names('nets'),
+parser.add_argument('--model_name', default='resnet_v1_50', choices=plugin_names('nets'),
                     help='Backbone, a module of nets/.')
-parser.add_argument('--head_name', default='fc1024', choices=common.plugin_names('heads'),
+parser.add_argument('--head_name', default='fc1024', choices=plugin_names('heads'),
                     help='Embedding head, a module of heads/.')
 parser.add_argument('--embedding_dim', default=128, type=common.positive_int,
                     help='Size of the embedding.')
@@ -379,7 +380,7 @@ def main():
 
     # Model, optimizer, checkpoints.
     keras.utils.set_random_seed(args.seed)
-    model = common.build_model(args.model_name, args.head_name, args.embedding_dim)
+    model = build_model(args.model_name, args.head_name, args.embedding_dim)
     # TF1's Adam (which the 2017 code used) has epsilon 1e-8; Keras' default is 1e-7.
     optimizer = keras.optimizers.Adam(learning_rate=args.learning_rate, epsilon=1e-8)
     optimizer.build(model.trainable_variables)  # so that its slots are in every checkpoint
@@ -401,7 +402,7 @@ def main():
         if args.resume:
             log.warning('no checkpoint in %s: starting from the initialisation', root)
         if args.initial_checkpoint:
-            common.load_tf1_checkpoint(model, args.initial_checkpoint, log)
+            load_tf1_checkpoint(model, args.initial_checkpoint, log)
         manager.save(checkpoint_number=0)
     start = int(step_var.numpy())
     saved = start
