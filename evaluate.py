@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Scores query embeddings against gallery embeddings: mAP, CMC and mINP as JSON.
 
-    python evaluate.py --excluder market1501 \
-        --query_dataset data/market1501_query.csv --query_embeddings exp/query.h5 \
-        --gallery_dataset data/market1501_test.csv --gallery_embeddings exp/test.h5 \
+    python evaluate.py --excluder market1501 \\
+        --query_dataset data/market1501_query.csv --query_embeddings exp/query.h5 \\
+        --gallery_dataset data/market1501_test.csv --gallery_embeddings exp/test.h5 \\
         --metric euclidean --filename exp/market1501_evaluation.json
 """
 import argparse
@@ -205,7 +205,7 @@ def main() -> None:
     result = evaluate(query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs,
                       excluder, args.metric, args.use_market_ap, args.batch_size)
 
-    unmatched = [fid for fid, ap in zip(query_fids, result['aps']) if ap is None]
+    unmatched = [fid for fid, ap in zip(query_fids, result['aps'], strict=True) if ap is None]
     if unmatched:
         names = ', '.join(unmatched[:10])
         if len(unmatched) > 10:

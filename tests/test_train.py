@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import common
+import experiment
 from model import build_model, slim_name
 import loss
 import train
@@ -67,7 +68,7 @@ def stored_step(path):
 
 
 def checkpoint_steps(root):
-    return sorted(int(p.name.split('-')[1].split('.')[0]) for p in root.glob('checkpoint-*.index'))
+    return [experiment.step_of(name) for name in experiment.checkpoints_in(root)]
 
 
 def pid_of(fids):
@@ -160,7 +161,7 @@ def test_learning_rate_schedule():
 
 
 def test_given_flags():
-    assert train.given_flags(['--resume', '--batch_p=3', '--seed', '4', 'x']) == {
+    assert experiment.given_flags(['--resume', '--batch_p=3', '--seed', '4', 'x']) == {
         'resume', 'batch_p', 'seed'}
 
 
