@@ -2,7 +2,7 @@
 
 Both steps come from train.make_train_step (batch-hard loss, soft margin, Adam with
 epsilon 1e-8) on the same batch of P x K random images. "ours" is
-build_model('resnet_v1_50', 'fc1024'): slim's ResNet layout with the fused batch
+model.build_model('resnet_v1_50', 'fc1024'): slim's ResNet layout with the fused batch
 norm. "plain" is keras.applications.ResNet50(weights=None, include_top=False,
 pooling='avg') with the same fc1024 head built from Keras layers (Dense, keras
 BatchNormalization, ReLU, Dense). Steps of the two alternate, so that load from other
