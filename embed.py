@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Embeds the images of a dataset CSV with a trained model into an HDF5 file.
 
-    python embed.py --experiment_root ~/experiments/my_experiment \
+    python embed.py --experiment_root ~/experiments/my_experiment \\
         --dataset data/market1501_query.csv [--flip_augment --crop_augment five --aggregator mean]
 
 The net, head, embedding size, input sizes and image root come from the experiment's
@@ -12,9 +12,7 @@ always belongs to line i of the CSV. Experiment roots of the 2017 TensorFlow 1 c
 import argparse
 import csv
 import inspect
-import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -22,6 +20,8 @@ import numpy as np
 
 import aggregators
 import common
+import experiment
+from model import build_model
 
 AGGREGATORS = sorted(name for name, f in vars(aggregators).items()
                      if inspect.isfunction(f) and f.__module__ == aggregators.__name__
@@ -31,13 +31,6 @@ CROPS = ('center', 'avgpool', 'five')
 # crop's top-left corner in units of the margin (pre-crop size - net input size).
 FIVE_CROPS = {'center': (0.5, 0.5), 'top_left': (0, 0), 'top_right': (0, 1),
               'bottom_left': (1, 0), 'bottom_right': (1, 1)}
-# The settings of the trained model that args.json supplies unless given on the command line.
-# Only these are read: the training flags flip_augment and crop_augment must not switch on
-# test-time augmentation.
-SETTINGS = {'model_name': str, 'head_name': str, 'embedding_dim': int,
-            'net_input_height': int, 'net_input_width': int,
-            'pre_crop_height': int, 'pre_crop_width': int, 'image_root': str}
-
 parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 parser.add_argument(
     '--experiment_root', required=True,
@@ -84,20 +77,7 @@ parser.add_argument(
     help='Print only warnings and errors: no settings, no progress bar.')
 group = parser.add_argument_group(
     'model settings', 'Default: the value in the experiment\'s args.json.')
-group.add_argument('--model_name', choices=common.plugin_names('nets'), default=None,
-                   help='Backbone, one of nets/.')
-group.add_argument('--head_name', choices=common.plugin_names('heads'), default=None,
-                   help='Embedding head, one of heads/.')
-group.add_argument('--embedding_dim', type=common.positive_int, default=None,
-                   help='Size of the embedding.')
-group.add_argument('--net_input_height', type=common.positive_int, default=None,
-                   help='Height in pixels of the images the net sees.')
-group.add_argument('--net_input_width', type=common.positive_int, default=None,
-                   help='Width in pixels of the images the net sees.')
-group.add_argument('--pre_crop_height', type=common.positive_int, default=None,
-                   help='Height in pixels images are resized to before --crop_augment crops.')
-group.add_argument('--pre_crop_width', type=common.positive_int, default=None,
-                   help='Width in pixels images are resized to before --crop_augment crops.')
+experiment.add_model_flags(group, dict.fromkeys(experiment.MODEL_SETTINGS))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -153,13 +133,6 @@ def augment(image, net_size: tuple[int, int], pre_crop_size: tuple[int, int], fl
     return tf.stack(inputs)
 
 
-def checkpoints_in(root: Path) -> list[str]:
-    """Checkpoint names (e.g. `checkpoint-25000`) in `root`, in order of their step number."""
-    names = [p.name[:-len('.index')] for p in root.glob('*.index')]
-    return sorted(names, key=lambda name: (int(m[1]) if (m := re.search(r'(\d+)$', name)) else -1,
-                                           name))
-
-
 def compute_embeddings(model, paths: list[str], net_size: tuple[int, int],
                        pre_crop_size: tuple[int, int], flip: bool, crop: str | None,
                        batch_size: int, legacy_resize: bool = False, progress: bool = False,
@@ -167,7 +140,7 @@ def compute_embeddings(model, paths: list[str], net_size: tuple[int, int],
     """Embeds image files with test-time augmentation, decoding in parallel with the model.
 
     Args:
-        model: a model of common.build_model, with its weights loaded.
+        model: a model of model.build_model, with its weights loaded.
         paths: N image files (JPEG, PNG, ...).
         net_size, pre_crop_size, flip, crop, legacy_resize: as for `augment`.
         batch_size: inputs (counting each augmentation) per forward pass.
@@ -276,6 +249,33 @@ def write_csv(path: Path | None, fids: np.ndarray, emb: np.ndarray) -> None:
         raise common.InputError(f'cannot write {path}: {e.strerror or e}') from None
 
 
+def model_settings(args: argparse.Namespace, root: Path) -> dict:
+    """Fills the unset model settings of `args` from the experiment's args.json, and checks them.
+
+    Returns:
+        The experiment's args.json ({} if there is none).
+
+    Raises:
+        InputError: a setting is missing or invalid, or the pre-crop size is too small.
+    """
+    args_file = root / experiment.ARGS_FILE
+    trained = experiment.read_args(args_file) if args_file.is_file() else {}
+    experiment.fill_model_settings(args, trained, args_file)
+    needed = ['model_name', 'head_name', 'embedding_dim', 'net_input_height', 'net_input_width']
+    if args.crop_augment:
+        needed += ['pre_crop_height', 'pre_crop_width']
+    missing = [key for key in needed if getattr(args, key) is None]
+    if missing:
+        raise common.InputError(
+            f'{", ".join(missing)} not known: {args_file} '
+            f'{"lacks them" if trained else "does not exist"}; give --{" --".join(missing)}')
+    if args.crop_augment:
+        experiment.check_crop_size((args.net_input_height, args.net_input_width),
+                                   (args.pre_crop_height, args.pre_crop_width),
+                                   f'--crop_augment {args.crop_augment}')
+    return trained
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
@@ -295,49 +295,10 @@ def main(argv: list[str] | None = None) -> None:
                                 f'image: add --flip_augment or --crop_augment five')
 
     # Settings: the command line wins over args.json.
-    args_file = root / 'args.json'
-    trained = {}
-    if args_file.is_file():
-        try:
-            trained = json.loads(args_file.read_text(encoding='utf-8'))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise common.InputError(f'cannot read {args_file}: {e}') from None
-        if not isinstance(trained, dict):
-            raise common.InputError(f'{args_file} does not hold a JSON object')
-    for key, kind in SETTINGS.items():
-        if getattr(args, key) is None and trained.get(key) is not None:
-            value = trained[key]
-            if not isinstance(value, kind) or isinstance(value, bool) or (
-                    kind is int and value <= 0):
-                raise common.InputError(f'{args_file}: {key} is {value!r}, expected a '
-                                        f'{"positive integer" if kind is int else "string"}')
-            setattr(args, key, value)
-    needed = ['model_name', 'head_name', 'embedding_dim', 'net_input_height', 'net_input_width']
-    if args.crop_augment:
-        needed += ['pre_crop_height', 'pre_crop_width']
-    missing = [key for key in needed if getattr(args, key) is None]
-    if missing:
-        raise common.InputError(
-            f'{", ".join(missing)} not known: {args_file} '
-            f'{"lacks them" if trained else "does not exist"}; give --{" --".join(missing)}')
+    trained = model_settings(args, root)
     net_size = (args.net_input_height, args.net_input_width)
     pre_crop_size = (args.pre_crop_height, args.pre_crop_width)
-    if args.crop_augment and (pre_crop_size[0] < net_size[0] or pre_crop_size[1] < net_size[1]):
-        raise common.InputError(f'--crop_augment {args.crop_augment} crops {net_size[0]}x'
-                                f'{net_size[1]} out of the pre-crop size {pre_crop_size[0]}x'
-                                f'{pre_crop_size[1]}, which is smaller')
-
-    # Checkpoint.
-    available = checkpoints_in(root)
-    if args.checkpoint is not None:
-        checkpoint = root / args.checkpoint.removesuffix('.index')
-        if not Path(f'{checkpoint}.index').is_file() and not checkpoint.is_file():
-            raise common.InputError(f'checkpoint {checkpoint} does not exist; {root} has '
-                                    f'{", ".join(available) if available else "none"}')
-    elif not available:
-        raise common.InputError(f'no checkpoint in {root} (no checkpoint-<step>.index files)')
-    else:
-        checkpoint = None  # the latest, which TensorFlow reads from the `checkpoint` file
+    checkpoint = experiment.find_checkpoint(root, args.checkpoint)
 
     # Data and output files.
     image_root = Path(args.image_root or '.').expanduser()
@@ -354,31 +315,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # Model: imported only now, so that the mistakes above are reported without TensorFlow's
     # import time.
-    import tensorflow as tf
-    if checkpoint is None:
-        # The state file may name paths of the machine that trained; then take the last step.
-        checkpoint = Path(tf.train.latest_checkpoint(str(root)) or root / available[-1])
-    try:
-        is_tf1 = not tf.train.load_checkpoint(str(checkpoint)).has_tensor(
-            '_CHECKPOINTABLE_OBJECT_GRAPH')
-    except (tf.errors.OpError, ValueError) as e:
-        raise common.InputError(f'cannot read checkpoint {checkpoint}: {e}') from None
-    model = common.build_model(args.model_name, args.head_name, args.embedding_dim)
-    if is_tf1:
-        # Written by the 2017 TensorFlow 1 code: slim names, plus Adam slots and global_step
-        # that the loader skips.
-        missing = common.load_tf1_checkpoint(model, str(checkpoint), log)['missing']
-        if missing:  # fine for training from ImageNet weights, not for embedding
-            raise common.InputError(f'checkpoint {checkpoint} lacks {len(missing)} variables of '
-                                    f'{model.name}, e.g. {missing[0]}')
-    else:
-        try:
-            status = tf.train.Checkpoint(model=model).restore(str(checkpoint)).expect_partial()
-            status.assert_existing_objects_matched()
-        except (AssertionError, ValueError) as e:
-            raise common.InputError(f'checkpoint {checkpoint} does not hold the weights of '
-                                    f'{model.name} (embedding_dim {args.embedding_dim}): '
-                                    f'{str(e).splitlines()[0]}') from None
+    checkpoint = checkpoint or experiment.latest_checkpoint(root)
+    is_tf1 = experiment.is_tf1_checkpoint(checkpoint)
+    model = build_model(args.model_name, args.head_name, args.embedding_dim)
+    experiment.restore_model(model, checkpoint, args.embedding_dim, is_tf1, log)
     log.info('embedding %d images of %s with %s from %s, %d embedding%s each (%s)', len(fids),
              args.dataset, model.name, checkpoint, len(types), 's' * (len(types) > 1),
              ', '.join(types))

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Scores query embeddings against gallery embeddings: mAP, CMC and mINP as JSON.
 
-    python evaluate.py --excluder market1501 \
-        --query_dataset data/market1501_query.csv --query_embeddings exp/query.h5 \
-        --gallery_dataset data/market1501_test.csv --gallery_embeddings exp/test.h5 \
+    python evaluate.py --excluder market1501 \\
+        --query_dataset data/market1501_query.csv --query_embeddings exp/query.h5 \\
+        --gallery_dataset data/market1501_test.csv --gallery_embeddings exp/test.h5 \\
         --metric euclidean --filename exp/market1501_evaluation.json
 """
 import argparse
@@ -15,10 +15,11 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 import common
+from model import import_plugin, plugin_names
 import loss
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-parser.add_argument('--excluder', required=True, choices=common.plugin_names('excluders'),
+parser.add_argument('--excluder', required=True, choices=plugin_names('excluders'),
                     help='The evaluation protocol: which gallery entries to ignore for a query.')
 parser.add_argument('--query_dataset', required=True,
                     help='CSV of the queries (identity,path); row i belongs to embedding i.')
@@ -199,12 +200,12 @@ def main() -> None:
     if query_embs.shape[1] != gallery_embs.shape[1]:
         raise common.InputError(f'query embeddings are {query_embs.shape[1]}-D but gallery '
                                 f'embeddings are {gallery_embs.shape[1]}-D')
-    excluder = common.import_plugin('excluders', args.excluder).Excluder(gallery_fids)
+    excluder = import_plugin('excluders', args.excluder).Excluder(gallery_fids)
 
     result = evaluate(query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs,
                       excluder, args.metric, args.use_market_ap, args.batch_size)
 
-    unmatched = [fid for fid, ap in zip(query_fids, result['aps']) if ap is None]
+    unmatched = [fid for fid, ap in zip(query_fids, result['aps'], strict=True) if ap is None]
     if unmatched:
         names = ', '.join(unmatched[:10])
         if len(unmatched) > 10:

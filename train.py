@@ -10,7 +10,6 @@ Everything the run needs later lands in the experiment root: args.json, checkpoi
 """
 import argparse
 import itertools
-import json
 import math
 import os
 import signal
@@ -22,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 import common
+import experiment
 import loss
+from model import build_model, load_tf1_checkpoint
 
 parser = argparse.ArgumentParser(
     description='Train a re-identification embedding with a triplet loss on PK batches.',
@@ -35,12 +36,10 @@ parser.add_argument('--image_root', help='Folder the paths of --train_set are re
 parser.add_argument('--resume', action='store_true', default=False,
                     help='Continue the run in --experiment_root from its latest checkpoint, '
                          'with the settings stored in its args.json.')
-parser.add_argument('--model_name', default='resnet_v1_50', choices=common.plugin_names('nets'),
-                    help='Backbone, a module of nets/.')
-parser.add_argument('--head_name', default='fc1024', choices=common.plugin_names('heads'),
-                    help='Embedding head, a module of heads/.')
-parser.add_argument('--embedding_dim', default=128, type=common.positive_int,
-                    help='Size of the embedding.')
+experiment.add_model_flags(parser, {
+    'model_name': 'resnet_v1_50', 'head_name': 'fc1024', 'embedding_dim': 128,
+    'net_input_height': 256, 'net_input_width': 128, 'pre_crop_height': 288,
+    'pre_crop_width': 144})
 parser.add_argument('--initial_checkpoint', default=None,
                     help='TF1 checkpoint with slim names (e.g. the ImageNet resnet_v1_50.ckpt) '
                          'to initialise the backbone from; default: random initialisation.')
@@ -48,16 +47,6 @@ parser.add_argument('--batch_p', default=32, type=common.positive_int,
                     help='Identities per batch (P), at least 2.')
 parser.add_argument('--batch_k', default=4, type=common.positive_int,
                     help='Images per identity in a batch (K), at least 2.')
-parser.add_argument('--net_input_height', default=256, type=common.positive_int,
-                    help='Height of the images the net sees, in pixels.')
-parser.add_argument('--net_input_width', default=128, type=common.positive_int,
-                    help='Width of the images the net sees, in pixels.')
-parser.add_argument('--pre_crop_height', default=288, type=common.positive_int,
-                    help='With --crop_augment: height images are resized to before the random '
-                         'crop, in pixels.')
-parser.add_argument('--pre_crop_width', default=144, type=common.positive_int,
-                    help='With --crop_augment: width images are resized to before the random '
-                         'crop, in pixels.')
 parser.add_argument('--loading_threads', default=8, type=common.positive_int,
                     help='Images decoded in parallel.')
 parser.add_argument('--margin', default='soft', type=common.float_or_string(loss.MARGINS),
@@ -96,15 +85,9 @@ parser.add_argument('--jit', action='store_true', default=False,
 LN2 = math.log(2.0)
 COLLAPSE_ITERATIONS = 100  # iterations at ln 2 before the collapse warning
 HISTOGRAM_EVERY = 10  # iterations between TensorBoard histograms (scalars: every iteration)
-NEVER_COMPARED = ('resume', 'experiment_root')  # flags that --resume does not take from args.json
 
 
 # ----------------------------------------------------------------------------- helpers
-def given_flags(argv: list[str]) -> set[str]:
-    """The names of the flags present in `argv` (exact names: the parser allows no prefixes)."""
-    return {token[2:].split('=')[0] for token in argv if token.startswith('--')}
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Raises common.InputError for settings that cannot work together."""
     if args.batch_p < 2 or args.batch_k < 2:
@@ -113,11 +96,9 @@ def check_args(args: argparse.Namespace) -> None:
     start = args.decay_start_iteration
     if start < -1:  # at or after --train_iterations simply never decays
         raise common.InputError(f'--decay_start_iteration {start} must be -1 (no decay) or >= 0')
-    if args.crop_augment and (args.pre_crop_height < args.net_input_height
-                              or args.pre_crop_width < args.net_input_width):
-        raise common.InputError(f'--crop_augment: the pre-crop size {args.pre_crop_height}x'
-                                f'{args.pre_crop_width} is smaller than the net input size '
-                                f'{args.net_input_height}x{args.net_input_width}')
+    if args.crop_augment:
+        experiment.check_crop_size((args.net_input_height, args.net_input_width),
+                                   (args.pre_crop_height, args.pre_crop_width))
     if args.beta1_after_decay is not None and not args.beta1_after_decay < 1:
         raise common.InputError(f'--beta1_after_decay {args.beta1_after_decay} must be below 1')
     for name in ('train_set', 'image_root'):
@@ -222,7 +203,7 @@ def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: 
     """The compiled training step: one Adam update on a batch.
 
     Args:
-        model: from common.build_model; its `emb` endpoint is trained.
+        model: from model.build_model; its `emb` endpoint is trained.
         optimizer: a Keras optimizer, built on model.trainable_variables.
         loss_name: a name in loss.LOSSES. margin: a float, 'soft' or 'none'. metric: loss.METRICS.
         jit: compile with XLA.
@@ -271,103 +252,60 @@ def open_detailed_logs(root: Path, iterations: int, batch: int, dim: int, fid_by
     return logs
 
 
-def write_summary(name: str, values, step: int) -> None:
-    """Writes a TensorBoard scalar (a number) or histogram (an array) to the default writer.
-
-    tf.summary.scalar/histogram need the separate `tensorboard` package; these are the same
-    records written with TensorFlow alone (TensorBoard's v2 formats: a float32 scalar, or
-    (bins, 3) float64 rows of left edge, right edge, count), so that training does not
-    depend on it.
-    """
-    import tensorflow as tf
-    values = np.asarray(values, np.float64)
-    plugin = 'scalars' if values.ndim == 0 else 'histograms'
-    if values.ndim:
-        values = values[np.isfinite(values)]
-        low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
-        edges = np.linspace(low, high, 31)
-        if np.all(np.diff(edges) > 0):
-            counts, edges = np.histogram(values, edges)
-        else:  # one value, or a range float64 cannot split into 30 bins: a single bucket
-            counts, edges = np.array([values.size]), np.array([low, high])
-        values = np.stack([edges[:-1], edges[1:], counts], axis=1)
-    metadata = tf.compat.v1.SummaryMetadata(
-        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name=plugin))
-    tf.summary.write(name, tf.constant(values, tf.float32 if plugin == 'scalars' else None),
-                     step=step, metadata=metadata.SerializeToString())
-
-
 def collapsed(losses: np.ndarray, margin) -> bool:
     """True if a soft-margin batch looks collapsed: every anchor's loss at ln 2 (d_pos = d_neg)."""
     return margin == 'soft' and bool(np.all(np.abs(losses - LN2) < 0.01))
 
 
-# ----------------------------------------------------------------------------- main
-def main():
-    args = parser.parse_args()
-    root = Path(args.experiment_root).expanduser()
-    args_file = root / 'args.json'
-    notes = []  # logged once the log file is open
 
-    # Settings: fresh runs store them, --resume reads them back.
-    if args.resume:
-        if not args_file.is_file():
-            raise common.InputError(f'--resume: there is no {args_file}; start a new run '
-                                    'without --resume')
-        try:
-            stored = json.loads(args_file.read_text())
-        except (OSError, ValueError) as e:
-            raise common.InputError(f'cannot read {args_file}: {e}') from None
-        given = given_flags(sys.argv[1:])
-        for key, value in stored.items():
-            if key in NEVER_COMPARED:
-                continue
-            if key not in vars(args):
-                notes.append(f'{args_file} has an unknown setting {key!r}: ignored')
-                continue
-            if key in given and getattr(args, key) != value:
-                notes.append(f'--{key}: using the stored value {value!r}, not the given '
-                             f'{getattr(args, key)!r} (edit args.json to change it)')
-            setattr(args, key, value)
-        check_args(args)
-    else:
-        check_args(args)
+
+def settings() -> tuple[argparse.Namespace, list[str]]:
+    """The run's settings: the command line's, or with --resume those of its args.json.
+
+    Returns:
+        (args, notes): `notes` are warnings to log once the log file is open.
+    """
+    args = parser.parse_args()
+    notes = experiment.resume_args(args, sys.argv[1:]) if args.resume else []
+    check_args(args)
+    if not args.resume:
+        root = Path(args.experiment_root).expanduser()
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise common.InputError(f'--experiment_root {root} is not empty; pass --resume to '
                                     'continue that run, or choose a new folder')
         if args.seed is None:
             args.seed = int(np.random.SeedSequence().entropy % 2**31)
+    return args, notes
 
-    # Data: every problem is found before anything is written or trained.
+
+def load_training_data(args: argparse.Namespace):
+    """Reads and checks the training set: every image exists and decodes, P identities at least.
+
+    Returns:
+        (fids, paths, labels, seconds): fids (N,) as in the CSV, paths (N,) under
+        --image_root, labels (N,) int32 identity numbers in [0, number of identities), and
+        the seconds the decoding check took.
+    """
     pids, fids = common.load_dataset(args.train_set, args.image_root, check_files=True)
     paths = np.array([os.path.join(args.image_root, fid) for fid in fids])
     unique_pids, labels = np.unique(pids, return_inverse=True)
     if len(unique_pids) < args.batch_p:
         raise common.InputError(f'{args.train_set} has {len(unique_pids)} identities, fewer '
                                 f'than --batch_p {args.batch_p}')
-
-    import keras
-    import tensorflow as tf
-
     started = time.time()
     bad = find_undecodable(paths, args.loading_threads)
     if bad:
         raise common.InputError(f'{len(bad)} images of {args.train_set} cannot be decoded, '
                                 f'e.g. {", ".join(bad[:3])}')
-    checked = time.time() - started
+    return fids, paths, labels.astype(np.int32), time.time() - started
 
-    if not args.resume:
-        root.mkdir(parents=True, exist_ok=True)
-        args_file.write_text(json.dumps(vars(args), sort_keys=True, indent=2) + '\n')
-    log = common.setup_logging(root / 'train.log')
-    log.info('%s training in %s with %s', 'resuming' if args.resume else 'starting', root,
-             ', '.join(f'{k}={v}' for k, v in sorted(vars(args).items())))
-    for note in notes:
-        log.warning(note)
-    log.info('%d images of %d identities, all decodable (checked in %.1f s)', len(fids),
-             len(unique_pids), checked)
 
-    # SIGINT / SIGTERM: finish the iteration, save, exit 0.
+def stop_requests(log) -> list:
+    """Makes SIGINT / SIGTERM ask the loop to finish its iteration, save and exit 0.
+
+    Returns:
+        The list that each received signal is appended to: the loop stops when it is not empty.
+    """
     stop = []
 
     def request_stop(signum, frame):
@@ -376,57 +314,164 @@ def main():
         stop.append(signum)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    return stop
 
-    # Model, optimizer, checkpoints.
+
+def build_training(args: argparse.Namespace, root: Path, log):
+    """The model, Adam, and the checkpoint manager, restored (--resume) or initialised.
+
+    A fresh run (or a resumed one without a checkpoint) loads --initial_checkpoint, if given,
+    and saves the initialisation as checkpoint-0.
+
+    Returns:
+        (model, optimizer, step, manager): `step` the tf.Variable of iterations done.
+    """
+    import keras
     keras.utils.set_random_seed(args.seed)
-    model = common.build_model(args.model_name, args.head_name, args.embedding_dim)
+    model = build_model(args.model_name, args.head_name, args.embedding_dim)
     # TF1's Adam (which the 2017 code used) has epsilon 1e-8; Keras' default is 1e-7.
     optimizer = keras.optimizers.Adam(learning_rate=args.learning_rate, epsilon=1e-8)
     optimizer.build(model.trainable_variables)  # so that its slots are in every checkpoint
-    step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    checkpoint = tf.train.Checkpoint(step=step_var, model=model, optimizer=optimizer)
-    # The manager writes the `checkpoint` state file only after the data files are complete,
-    # so a crash while saving leaves the previous latest checkpoint in place and readable.
-    manager = tf.train.CheckpointManager(checkpoint, str(root), max_to_keep=None,
-                                         checkpoint_name='checkpoint')
-    latest = manager.latest_checkpoint if args.resume else None
+    step, manager = experiment.training_checkpoint(root, model, optimizer)
+    latest = (experiment.restore_training(manager, f'{args.model_name} + {args.head_name}')
+              if args.resume else None)
     if latest:
-        try:
-            checkpoint.restore(latest).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise common.InputError(f'cannot restore {latest} into {args.model_name} + '
-                                    f'{args.head_name}: {str(e).splitlines()[0]}') from None
-        log.info('restored %s (iteration %d)', latest, int(step_var.numpy()))
+        log.info('restored %s (iteration %d)', latest, int(step.numpy()))
     else:
         if args.resume:
             log.warning('no checkpoint in %s: starting from the initialisation', root)
         if args.initial_checkpoint:
-            common.load_tf1_checkpoint(model, args.initial_checkpoint, log)
+            load_tf1_checkpoint(model, args.initial_checkpoint, log)
         manager.save(checkpoint_number=0)
-    start = int(step_var.numpy())
-    saved = start
+    return model, optimizer, step, manager
 
-    # Input pipeline, training step, logs.
-    dataset = make_dataset(paths, labels.astype(np.int32), args, start)
-    beta1_switch = (args.beta1_after_decay is not None and args.decay_start_iteration >= 0)
+
+class Reporter:
+    """Everything reported per iteration: the log line, TensorBoard, detailed logs, collapse."""
+
+    def __init__(self, root: Path, args: argparse.Namespace, fids: np.ndarray, start: int, log):
+        import tensorflow as tf
+        self.args, self.log = args, log
+        self.batch = args.batch_p * args.batch_k
+        self.writer = tf.summary.create_file_writer(str(root))
+        self.detailed = None
+        if args.detailed_logs:
+            fid_bytes = max(len(fid.encode()) for fid in fids)
+            self.detailed = open_detailed_logs(root, args.train_iterations, self.batch,
+                                               args.embedding_dim, fid_bytes, fresh=start == 0)
+            self.fids_bytes = np.array([fid.encode() for fid in fids])
+        self.durations = []
+        self.collapse_streak = 0
+        self.last = time.time()
+
+    def __call__(self, iteration: int, out: dict, lr: float, rows) -> None:
+        """Reports 0-based `iteration`: the train step's outputs `out`, its batch's `rows`."""
+        import tensorflow as tf
+        args, losses = self.args, out['losses'].numpy()
+        now = time.time()
+        self.durations.append(now - self.last)
+        self.last = now
+        recent = self.durations[1:][-50:] or self.durations  # the first includes tracing
+        seconds = float(np.mean(recent))
+        top1, prec = float(out['top1'].numpy().mean()), float(out['prec_at_k'].numpy().mean())
+        active = int(out['active'].numpy())
+        self.log.info('iter %d/%d: loss min %.3f mean %.3f max %.3f, top-1 %.1f%%, prec@%d '
+                      '%.1f%%, active %d/%d, lr %.3g, %.3f s/it, ETA %s', iteration + 1,
+                      args.train_iterations, losses.min(), losses.mean(), losses.max(),
+                      100 * top1, args.batch_k - 1, 100 * prec, active, self.batch, lr, seconds,
+                      timedelta(seconds=round(seconds * (args.train_iterations - iteration - 1))))
+
+        with self.writer.as_default(step=iteration + 1):
+            for name, value in {'loss': losses.mean(), 'batch/top1': top1,
+                                f'batch/prec_at_{args.batch_k - 1}': prec,
+                                'batch/active_count': active,
+                                'batch/active_fraction': out['active_fraction'].numpy(),
+                                'learning_rate': lr,
+                                'seconds_per_iteration': self.durations[-1]}.items():
+                tf.summary.scalar(name, value)
+            if iteration % HISTOGRAM_EVERY == 0:
+                norms = np.linalg.norm(out['emb'].numpy().astype(np.float64), axis=1)
+                for name, values in {'losses': losses, 'dists/positive': out['pos_dists'],
+                                     'dists/negative': out['neg_dists'],
+                                     'emb_norm': norms}.items():
+                    tf.summary.histogram(name, values)
+        if self.detailed is not None:
+            self.detailed['emb'][iteration] = out['emb'].numpy()
+            self.detailed['loss'][iteration] = losses
+            self.detailed['fids'][iteration] = self.fids_bytes[rows.numpy()]
+
+        self.collapse_streak = self.collapse_streak + 1 if collapsed(losses, args.margin) else 0
+        if self.collapse_streak == COLLAPSE_ITERATIONS:
+            self.log.warning(
+                'the soft-margin loss has been stuck at ln 2 = 0.693 for %d iterations: the '
+                'embeddings have collapsed (all distances near zero) and will hardly recover. '
+                'What usually helps: start from pretrained weights (--initial_checkpoint), a '
+                'lower --learning_rate, other --batch_p / --batch_k, and checking that the '
+                'images of an identity are one person.', COLLAPSE_ITERATIONS)
+
+    def flush(self) -> None:
+        """Writes what is buffered to disk, before a checkpoint is saved and at the end."""
+        self.writer.flush()
+        if self.detailed is not None:
+            for array in self.detailed.values():
+                array.flush()
+
+
+def finite(out: dict, iteration: int, latest: str, log) -> bool:
+    """True if a train step's losses and distances are finite; else logs why training stops.
+
+    Distances overflow before the loss does (inf - inf makes the loss NaN only later).
+    """
+    losses = out['losses'].numpy()
+    if np.all(np.isfinite(losses)) and np.all(np.isfinite(out['dists'].numpy())):
+        return True
+    log.error('the loss or the embedding distances are not finite at iteration %d (loss mean '
+              '%s); stopping without saving, the latest checkpoint is %s. Try a lower '
+              '--learning_rate.', iteration + 1, losses.mean(), latest)
+    return False
+
+
+def save(manager, report: Reporter, done: int, log) -> int:
+    """Saves checkpoint-<done>, after flushing the logs it belongs with; returns `done`."""
+    report.flush()
+    manager.save(checkpoint_number=done)
+    log.info('saved %s', manager.latest_checkpoint)
+    return done
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+    # Settings: fresh runs store them, --resume reads them back.
+    args, notes = settings()
+    root = Path(args.experiment_root).expanduser()
+
+    # Data: every problem is found before anything is written or trained.
+    fids, paths, labels, checked = load_training_data(args)
+    if not args.resume:
+        root.mkdir(parents=True, exist_ok=True)
+        experiment.write_args(root, args)
+    log = common.setup_logging(root / 'train.log')
+    log.info('%s training in %s with %s', 'resuming' if args.resume else 'starting', root,
+             ', '.join(f'{k}={v}' for k, v in sorted(vars(args).items())))
+    for note in notes:
+        log.warning(note)
+    log.info('%d images of %d identities, all decodable (checked in %.1f s)', len(fids),
+             labels.max() + 1, checked)
+    stop = stop_requests(log)
+
+    # Model, optimizer, checkpoints, input pipeline.
+    model, optimizer, step, manager = build_training(args, root, log)
+    start = saved = int(step.numpy())
+    dataset = make_dataset(paths, labels, args, start)
+    beta1_switch = args.beta1_after_decay is not None and args.decay_start_iteration >= 0
     if beta1_switch and start >= args.decay_start_iteration:
         optimizer.beta_1 = args.beta1_after_decay
     train_step = make_train_step(model, optimizer, args.loss, args.margin, args.metric, args.jit)
-    writer = tf.summary.create_file_writer(str(root))
-    batch = args.batch_p * args.batch_k
-    detailed = None
-    if args.detailed_logs:
-        fid_bytes = max(len(fid.encode()) for fid in fids)
-        detailed = open_detailed_logs(root, args.train_iterations, batch, args.embedding_dim,
-                                      fid_bytes, fresh=start == 0)
-        fids_bytes = np.array([fid.encode() for fid in fids])
-    durations = []
-    collapse_streak = 0
     if start >= args.train_iterations:
         log.info('the run is already complete (%d iterations)', start)
 
     # Training loop.
-    last = time.time()
+    report = Reporter(root, args, fids, start, log)
     for iteration, (images, batch_labels, rows) in zip(
             range(start, args.train_iterations), dataset, strict=False):
         if stop:
@@ -440,72 +485,18 @@ def main():
                            args.train_iterations)
         optimizer.learning_rate = lr
         out = train_step(images, batch_labels)
-        losses = out['losses'].numpy()
-        # Distances overflow before the loss does (inf - inf makes the loss NaN only later).
-        if not (np.all(np.isfinite(losses)) and np.all(np.isfinite(out['dists'].numpy()))):
-            log.error('the loss or the embedding distances are not finite at iteration %d '
-                      '(loss mean %s); stopping without saving, the latest checkpoint is %s. '
-                      'Try a lower --learning_rate.', iteration + 1, losses.mean(),
-                      manager.latest_checkpoint)
+        if not finite(out, iteration, manager.latest_checkpoint, log):
             return 1
-        step_var.assign(iteration + 1)
-        now = time.time()
-        durations.append(now - last)
-        last = now
-        recent = durations[1:][-50:] or durations  # the first includes tracing the step
-        seconds = float(np.mean(recent))
-        top1, prec = float(out['top1'].numpy().mean()), float(out['prec_at_k'].numpy().mean())
-        active = int(out['active'].numpy())
-        log.info('iter %d/%d: loss min %.3f mean %.3f max %.3f, top-1 %.1f%%, prec@%d %.1f%%, '
-                 'active %d/%d, lr %.3g, %.3f s/it, ETA %s', iteration + 1,
-                 args.train_iterations, losses.min(), losses.mean(), losses.max(), 100 * top1,
-                 args.batch_k - 1, 100 * prec, active, batch, lr, seconds,
-                 timedelta(seconds=round(seconds * (args.train_iterations - iteration - 1))))
-
-        with writer.as_default(step=iteration + 1):
-            scalars = {'loss': losses.mean(), 'batch/top1': top1,
-                       f'batch/prec_at_{args.batch_k - 1}': prec, 'batch/active_count': active,
-                       'batch/active_fraction': out['active_fraction'].numpy(),
-                       'learning_rate': lr, 'seconds_per_iteration': durations[-1]}
-            if iteration % HISTOGRAM_EVERY == 0:
-                scalars.update({'losses': losses, 'dists/positive': out['pos_dists'],
-                                'dists/negative': out['neg_dists'],
-                                'emb_norm': np.linalg.norm(out['emb'].numpy().astype(np.float64),
-                                                          axis=1)})
-            for name, value in scalars.items():
-                write_summary(name, value, iteration + 1)
-        if detailed is not None:
-            detailed['emb'][iteration] = out['emb'].numpy()
-            detailed['loss'][iteration] = losses
-            detailed['fids'][iteration] = fids_bytes[rows.numpy()]
-
-        collapse_streak = collapse_streak + 1 if collapsed(losses, args.margin) else 0
-        if collapse_streak == COLLAPSE_ITERATIONS:
-            log.warning('the soft-margin loss has been stuck at ln 2 = 0.693 for %d iterations: '
-                        'the embeddings have collapsed (all distances near zero) and will '
-                        'hardly recover. What usually helps: start from pretrained weights '
-                        '(--initial_checkpoint), a lower --learning_rate, other --batch_p / '
-                        '--batch_k, and checking that the images of an identity are one person.',
-                        COLLAPSE_ITERATIONS)
-
-        done = iteration + 1
-        if args.checkpoint_frequency and done % args.checkpoint_frequency == 0:
-            if detailed is not None:
-                for array in detailed.values():
-                    array.flush()
-            manager.save(checkpoint_number=done)
-            saved = done
-            log.info('saved %s', manager.latest_checkpoint)
+        step.assign(iteration + 1)
+        report(iteration, out, lr, rows)
+        if args.checkpoint_frequency and (iteration + 1) % args.checkpoint_frequency == 0:
+            saved = save(manager, report, iteration + 1, log)
 
     # Final (or interrupted) save.
-    done = int(step_var.numpy())
-    writer.flush()
-    if detailed is not None:
-        for array in detailed.values():
-            array.flush()
+    done = int(step.numpy())
+    report.flush()
     if done != saved:
-        manager.save(checkpoint_number=done)
-        log.info('saved %s', manager.latest_checkpoint)
+        save(manager, report, done, log)
     if done < args.train_iterations:
         log.info('stopped after iteration %d of %d; continue with: python train.py '
                  '--experiment_root %s --resume', done, args.train_iterations, root)

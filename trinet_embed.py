@@ -326,16 +326,18 @@ def main(argv: list[str] | None = None) -> int:
             print('\n'.join(lines), flush=True)
             if h5 is not None:
                 dataset[first:first + len(batch)] = embs
+    except BaseException:  # an interrupted or failed run leaves no file behind
         if h5 is not None:
             h5.close()
-            try:
-                os.replace(h5_tmp, args.h5)
-            except OSError as e:
-                raise common.InputError(f'cannot write {args.h5}: {e}') from None
-    finally:
-        if h5 is not None:
-            h5.close()  # a no-op after the close above
             h5_tmp.unlink(missing_ok=True)
+        raise
+    if h5 is not None:
+        h5.close()
+        try:
+            os.replace(h5_tmp, args.h5)
+        except OSError as e:
+            h5_tmp.unlink(missing_ok=True)
+            raise common.InputError(f'cannot write {args.h5}: {e}') from None
     seconds = time.perf_counter() - start
     log.info(f'embedded {len(entries)} images in {seconds:.1f} s '
              f'({len(entries) / seconds:.2f} images/s)')

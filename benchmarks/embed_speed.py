@@ -23,12 +23,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+from model import build_model, plugin_names  # noqa: E402
 import embed  # noqa: E402
 from _machine import describe  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-parser.add_argument('--model_name', default='resnet_v1_50', choices=common.plugin_names('nets'))
-parser.add_argument('--head_name', default='fc1024', choices=common.plugin_names('heads'))
+parser.add_argument('--model_name', default='resnet_v1_50', choices=plugin_names('nets'))
+parser.add_argument('--head_name', default='fc1024', choices=plugin_names('heads'))
 parser.add_argument('--embedding_dim', type=common.positive_int, default=128)
 parser.add_argument('--height', type=common.positive_int, default=256,
                     help='Net input height in pixels; the JPEG files have this size too.')
@@ -49,7 +50,7 @@ def main():
     size = (args.height, args.width)
     count = -(-args.images // args.batch_size) * args.batch_size
     rng = np.random.default_rng(0)
-    model = common.build_model(args.model_name, args.head_name, args.embedding_dim)
+    model = build_model(args.model_name, args.head_name, args.embedding_dim)
     forward = embed.forward_pass(model)
     batch = tf.constant(rng.uniform(0, 255, (args.batch_size, *size, 3)).astype(np.float32))
 

@@ -39,8 +39,9 @@ def market_like(rng, queries, gallery, identities, noise=1.3, dim=128):
 
     def split(ids, prefix):
         pids = np.array([f'{i:04d}' if i >= 0 else '-1' for i in ids])
+        cams = rng.integers(1, 7, len(ids))
         fids = np.array([f'{prefix}/{p}_c{c}s1_{n:06d}_00.jpg'
-                         for n, (p, c) in enumerate(zip(pids, rng.integers(1, 7, len(ids))))])
+                         for n, (p, c) in enumerate(zip(pids, cams, strict=True))])
         embs = rng.normal(size=(len(ids), dim))
         if noise is not None:
             embs = centers[np.maximum(ids, 0)] + noise * embs

@@ -2,7 +2,7 @@
 
 Both steps come from train.make_train_step (batch-hard loss, soft margin, Adam with
 epsilon 1e-8) on the same batch of P x K random images. "ours" is
-common.build_model('resnet_v1_50', 'fc1024'): slim's ResNet layout with the fused batch
+model.build_model('resnet_v1_50', 'fc1024'): slim's ResNet layout with the fused batch
 norm. "plain" is keras.applications.ResNet50(weights=None, include_top=False,
 pooling='avg') with the same fc1024 head built from Keras layers (Dense, keras
 BatchNormalization, ReLU, Dense). Steps of the two alternate, so that load from other
@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402  (needs the path above)
+from model import build_model  # noqa: E402
 from _machine import describe  # noqa: E402
 import train  # noqa: E402
 
@@ -55,7 +56,7 @@ def main():
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(0, 255, (batch, args.height, args.width, 3)), tf.float32)
     pids = tf.constant(np.repeat(np.arange(args.batch_p), args.batch_k), tf.int32)
-    models = {'ours (resnet_v1_50 + fc1024, train.py)': common.build_model(
+    models = {'ours (resnet_v1_50 + fc1024, train.py)': build_model(
                   'resnet_v1_50', 'fc1024', 128),
               'plain Keras 3 (applications.ResNet50)': plain_keras_model(args.height, args.width)}
     steps = {}

@@ -1,7 +1,7 @@
 """The paper's head: a 1024-unit hidden layer with batch norm and ReLU, then a linear map."""
 import keras
 
-import common
+import layers
 
 
 def endpoints(endpoints: dict, embedding_dim: int) -> dict:
@@ -11,7 +11,7 @@ def endpoints(endpoints: dict, embedding_dim: int) -> dict:
     batch norm follows), `fully_connected.BatchNorm` and `emb` (orthogonal init).
     """
     x = keras.layers.Dense(1024, use_bias=False, name='fully_connected')(endpoints['model_output'])
-    x = common.BatchNorm(decay=0.9, epsilon=1e-5, name='fully_connected.BatchNorm')(x)
+    x = layers.BatchNorm(decay=0.9, epsilon=1e-5, name='fully_connected.BatchNorm')(x)
     x = keras.layers.ReLU(name='fully_connected.relu')(x)
     emb = keras.layers.Dense(embedding_dim, kernel_initializer='orthogonal', name='emb')(x)
     return {**endpoints, 'head_output': x, 'emb_raw': emb, 'emb': emb}

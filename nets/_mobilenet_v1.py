@@ -1,11 +1,11 @@
 """MobileNet v1 laid out as TF-slim's mobilenet_v1, so that slim's checkpoints load by name.
 
 Keras 3 forbids '/' in layer names, so a slim scope `MobilenetV1/Conv2d_1_depthwise` is the
-layer `MobilenetV1.Conv2d_1_depthwise`; common.load_tf1_checkpoint maps the names back.
+layer `MobilenetV1.Conv2d_1_depthwise`; model.load_tf1_checkpoint maps the names back.
 """
 import keras
 
-import common
+import layers
 
 SCOPE = 'MobilenetV1'
 
@@ -23,7 +23,7 @@ MIN_DEPTH = 8
 
 
 def _bn_relu6(x, name: str):
-    x = common.BatchNorm(BN_DECAY, BN_EPSILON, name=f'{name}.BatchNorm')(x)
+    x = layers.BatchNorm(BN_DECAY, BN_EPSILON, name=f'{name}.BatchNorm')(x)
     return keras.layers.ReLU(6.0, name=f'{name}.relu6')(x)
 
 

@@ -5,11 +5,11 @@ the block's LAST unit, strided convolutions pad explicitly (slim's conv2d_same),
 a bias because batch norm follows each one, and a unit projects its shortcut only where the
 depth changes (else a strided unit subsamples it). Keras 3 forbids '/' in layer names, so
 the slim scope `resnet_v1_50/block1/unit_1/bottleneck_v1/conv1` is the layer
-`resnet_v1_50.block1.unit_1.bottleneck_v1.conv1`; common.load_tf1_checkpoint maps it back.
+`resnet_v1_50.block1.unit_1.bottleneck_v1.conv1`; model.load_tf1_checkpoint maps it back.
 """
 import keras
 
-import common
+import layers
 
 # ImageNet RGB means that slim's ResNet checkpoints were trained with (and the 2017 code used).
 RGB_MEAN = (123.68, 116.78, 103.94)
@@ -32,7 +32,7 @@ def _conv_bn(x, depth: int, size: int, stride: int, name: str, relu: bool = True
         padding = 'valid'
     x = keras.layers.Conv2D(depth, size, stride, padding, use_bias=False,
                             kernel_initializer='he_normal', name=name)(x)
-    x = common.BatchNorm(BN_DECAY, BN_EPSILON, name=f'{name}.BatchNorm')(x)
+    x = layers.BatchNorm(BN_DECAY, BN_EPSILON, name=f'{name}.BatchNorm')(x)
     return keras.layers.ReLU(name=f'{name}.relu')(x) if relu else x
 
 

@@ -7,7 +7,7 @@ slim net, barely learns from scratch in a few hundred iterations; this one does.
 """
 import keras
 
-import common
+import layers
 
 WIDTHS = (16, 32, 64, 128)
 
@@ -20,7 +20,7 @@ def endpoints(images) -> dict:
             name = f'small_cnn.stage{stage}.conv{layer}'
             x = keras.layers.Conv2D(width, 3, padding='same', use_bias=False,
                                     kernel_initializer='he_normal', name=name)(x)
-            x = common.BatchNorm(0.9, 1e-5, name=f'{name}.BatchNorm')(x)
+            x = layers.BatchNorm(0.9, 1e-5, name=f'{name}.BatchNorm')(x)
             x = keras.layers.ReLU(name=f'{name}.relu')(x)
         if stage < len(WIDTHS):
             x = keras.layers.MaxPooling2D(2, name=f'small_cnn.stage{stage}.pool')(x)

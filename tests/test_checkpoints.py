@@ -1,4 +1,4 @@
-"""Tests of common.load_tf1_checkpoint on TF1 checkpoints that the tests write in slim's format.
+"""Tests of model.load_tf1_checkpoint on TF1 checkpoints that the tests write in slim's format.
 
 The checkpoints are written as the 2017 code and TF-slim wrote them: slim-named variables in a
 tf.Graph saved by tf.compat.v1.train.Saver, in the old single-file V1 format (as the published
@@ -12,10 +12,11 @@ import pytest
 import tensorflow as tf
 
 import common
+from model import build_model, load_tf1_checkpoint, plugin_names, slim_name
 from conftest import assert_close_float32
 
-NETS = common.plugin_names('nets')
-HEADS = common.plugin_names('heads')
+NETS = plugin_names('nets')
+HEADS = plugin_names('heads')
 EMBEDDING_DIM = 8
 
 
@@ -148,7 +149,7 @@ def random_values(shapes, seed=0):
 
 
 def model_values(model):
-    return {common.slim_name(layer, v): v.numpy() for layer in model.layers for v in layer.weights}
+    return {slim_name(layer, v): v.numpy() for layer in model.layers for v in layer.weights}
 
 
 def model_shapes(model):
@@ -164,7 +165,7 @@ def _images(batch, height, width, seed=0):
 def test_model_variables_have_slim_names_and_shapes(net):
     if net not in SLIM_SHAPES:
         pytest.skip(f'no independent slim layout written down for {net}')
-    model = common.build_model(net, 'fc1024', EMBEDDING_DIM)
+    model = build_model(net, 'fc1024', EMBEDDING_DIM)
     expected = SLIM_SHAPES[net]()
     features = model.output['model_output'].shape[-1]
     expected.update(slim_head_shapes('fc1024', features))
@@ -174,7 +175,7 @@ def test_model_variables_have_slim_names_and_shapes(net):
 @pytest.mark.parametrize('net', NETS)
 def test_v1_imagenet_checkpoint_loads_backbone_and_reports(net, tmp_path, caplog,
                                                            write_tf1_checkpoint):
-    model = common.build_model(net, 'fc1024', EMBEDDING_DIM)
+    model = build_model(net, 'fc1024', EMBEDDING_DIM)
     shapes = model_shapes(model)
     head = [name for name in shapes if name.split('/')[0] in ('fully_connected', 'emb')]
     backbone = {name: shape for name, shape in shapes.items() if name not in head}
@@ -191,7 +192,7 @@ def test_v1_imagenet_checkpoint_loads_backbone_and_reports(net, tmp_path, caplog
     head_before = {name: value for name, value in model_values(model).items() if name in head}
 
     with caplog.at_level(logging.INFO, logger='triplet-reid'):
-        report = common.load_tf1_checkpoint(model, path)
+        report = load_tf1_checkpoint(model, path)
     assert report['loaded'] == sorted(backbone)
     assert report['missing'] == sorted(head)
     assert report['ignored'] == sorted(logits + ['global_step'])
@@ -212,7 +213,7 @@ def test_v1_imagenet_checkpoint_loads_backbone_and_reports(net, tmp_path, caplog
 def test_v2_experiment_checkpoint_with_adam_slots_loads_everything(head, tmp_path,
                                                                    write_tf1_checkpoint):
     # A 2017 experiment root: model, head, Adam slots and global_step, V2, found via `checkpoint`.
-    model = common.build_model('mobilenet_v1_0_25', head, EMBEDDING_DIM)
+    model = build_model('mobilenet_v1_0_25', head, EMBEDDING_DIM)
     shapes = model_shapes(model)
     values = random_values(shapes, seed=1)
     slots = {f'{name}/{slot}': np.zeros_like(value) for name, value in values.items()
@@ -222,7 +223,7 @@ def test_v2_experiment_checkpoint_with_adam_slots_loads_everything(head, tmp_pat
                          global_step=25000)
     assert (tmp_path / 'checkpoint-25000.index').exists()
 
-    report = common.load_tf1_checkpoint(model, tmp_path, logging.getLogger('test'))
+    report = load_tf1_checkpoint(model, tmp_path, logging.getLogger('test'))
     assert report['loaded'] == sorted(shapes) and report['missing'] == []
     assert report['ignored'] == sorted([*slots, 'global_step'])
     after = model_values(model)
@@ -247,7 +248,7 @@ def test_v2_experiment_checkpoint_with_adam_slots_loads_everything(head, tmp_pat
 
 
 def test_checkpoint_of_other_architectures_is_refused(tmp_path, write_tf1_checkpoint):
-    mobilenet = common.build_model('mobilenet_v1_0_25', 'fc1024', EMBEDDING_DIM)
+    mobilenet = build_model('mobilenet_v1_0_25', 'fc1024', EMBEDDING_DIM)
     shapes = model_shapes(mobilenet)
     before = model_values(mobilenet)
 
@@ -255,37 +256,37 @@ def test_checkpoint_of_other_architectures_is_refused(tmp_path, write_tf1_checkp
     wide = random_values({**slim_mobilenet_shapes(1.0), **slim_head_shapes('fc1024', 1024)})
     path = write_tf1_checkpoint(tmp_path / 'wide.ckpt', wide, 'V1')
     with pytest.raises(common.InputError, match='MobilenetV1/Conv2d_0/weights has shape'):
-        common.load_tf1_checkpoint(mobilenet, path)
+        load_tf1_checkpoint(mobilenet, path)
 
     # A checkpoint that lacks part of a scope the model has (other block sizes, say).
     values = random_values(shapes)
     del values['MobilenetV1/Conv2d_7_pointwise/weights']
     path = write_tf1_checkpoint(tmp_path / 'partial.ckpt', values, 'V2')
     with pytest.raises(common.InputError, match='lacks 1 .*Conv2d_7_pointwise/weights'):
-        common.load_tf1_checkpoint(mobilenet, path)
+        load_tf1_checkpoint(mobilenet, path)
 
     # A 2017 fc1024 experiment into a direct head: emb/weights has another shape.
     path = write_tf1_checkpoint(tmp_path / 'fc1024.ckpt', random_values(shapes), 'V2')
-    direct = common.build_model('mobilenet_v1_0_25', 'direct', EMBEDDING_DIM)
+    direct = build_model('mobilenet_v1_0_25', 'direct', EMBEDDING_DIM)
     with pytest.raises(common.InputError, match='emb/weights has shape'):
-        common.load_tf1_checkpoint(direct, path)
+        load_tf1_checkpoint(direct, path)
 
     # ResNet-101 into ResNet-50: no name matches (slim scopes differ); values do not matter.
     resnet101 = {name: np.zeros(1, np.float32) for name in slim_resnet_shapes(
         'resnet_v1_101', (3, 4, 23, 3))}
     path = write_tf1_checkpoint(tmp_path / 'resnet_v1_101.ckpt', resnet101, 'V1')
-    resnet50 = common.build_model('resnet_v1_50', 'fc1024', EMBEDDING_DIM)
+    resnet50 = build_model('resnet_v1_50', 'fc1024', EMBEDDING_DIM)
     with pytest.raises(common.InputError, match='none of the variables.*resnet_v1_101/'):
-        common.load_tf1_checkpoint(resnet50, path)
+        load_tf1_checkpoint(resnet50, path)
     # Nothing was assigned by the refused loads.
     after = model_values(mobilenet)
     assert all(np.array_equal(value, after[name]) for name, value in before.items())
 
 
 def test_unreadable_checkpoint_is_an_input_error(tmp_path):
-    model = common.build_model('mobilenet_v1_0_25', 'direct', EMBEDDING_DIM)
+    model = build_model('mobilenet_v1_0_25', 'direct', EMBEDDING_DIM)
     with pytest.raises(common.InputError, match='cannot read checkpoint'):
-        common.load_tf1_checkpoint(model, tmp_path / 'missing.ckpt')
+        load_tf1_checkpoint(model, tmp_path / 'missing.ckpt')
     (tmp_path / 'garbage.ckpt').write_bytes(b'not a checkpoint')
     with pytest.raises(common.InputError, match='cannot read checkpoint'):
-        common.load_tf1_checkpoint(model, tmp_path / 'garbage.ckpt')
+        load_tf1_checkpoint(model, tmp_path / 'garbage.ckpt')

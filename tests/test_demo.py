@@ -24,4 +24,3 @@ def test_demo_runs_and_training_helps(tmp_path):
     assert untrained < 10 and trained >= 50, done.stdout  # percent
     stages = re.findall(r'^(\w.*\S) +(\d+\.\d) s$', done.stdout, re.MULTILINE)
     assert len(stages) == 8 and stages[1][0].startswith('train'), done.stdout
-    print(done.stdout[done.stdout.index('== wall time'):])

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import common
+from model import build_model, plugin_names
 import embed
 from conftest import assert_close_float32, float32_tolerance
 
@@ -65,7 +66,7 @@ def randomize(model, seed: int) -> None:
         elif name in ('beta', 'bias'):
             variable.assign(rng.normal(0.0, 0.2, variable.shape))
     norms = [layer for layer in model.layers if hasattr(layer, 'moving_mean')]
-    # common.BatchNorm keeps `decay`, Keras' BatchNormalization `momentum`: 0 = take the batch's.
+    # layers.BatchNorm keeps `decay`, Keras' BatchNormalization `momentum`: 0 = take the batch's.
     kept = [(layer, attr, getattr(layer, attr)) for layer in norms
             for attr in ('decay', 'momentum') if hasattr(layer, attr)]
     for layer, attr, _ in kept:
@@ -92,7 +93,7 @@ def tf2_experiment(root: Path, images_at: Path, net: str = NET, head: str = HEAD
     (root / 'args.json').write_text(json.dumps(args, sort_keys=True, indent=2))
     if model is None:
         keras.utils.set_random_seed(0)
-        model = common.build_model(net, head, DIM)
+        model = build_model(net, head, DIM)
     ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64), model=model)
     if net == NET:
         ckpt.optimizer = keras.optimizers.Adam()
@@ -142,7 +143,7 @@ def reference(weights, image_root: Path, fids, flip: bool = False, crop: str | N
 
 @functools.cache
 def reference_model(net: str, head: str):
-    return common.build_model(net, head, DIM)
+    return build_model(net, head, DIM)
 
 
 @functools.cache
@@ -274,7 +275,7 @@ def test_row_i_is_line_i_of_the_csv(tmp_path, trained, images):
     np.testing.assert_array_equal(emb[2], emb[3])
 
 
-@pytest.mark.parametrize('head', common.plugin_names('heads'))
+@pytest.mark.parametrize('head', plugin_names('heads'))
 def test_every_head(tmp_path, images, head):
     image_root, dataset, fids = images
     weights = tf2_experiment(tmp_path, image_root, head=head, model=reference_model(NET, head))
@@ -347,13 +348,13 @@ def slim_names(model) -> dict:
     return names
 
 
-@pytest.mark.parametrize('net', common.plugin_names('nets'))
+@pytest.mark.parametrize('net', plugin_names('nets'))
 def test_2017_experiment_root_of_every_net(tmp_path, images, net, write_tf1_checkpoint):
     # Every net, as the 2017 TensorFlow 1 code saved it with the paper's head. (The TF2 path
     # does not depend on the net; it is tested with the tiny net and every head.)
     image_root, dataset, fids = images
     keras.utils.set_random_seed(0)
-    model = common.build_model(net, 'fc1024', DIM)
+    model = build_model(net, 'fc1024', DIM)
     randomize(model, seed=3)
     weights = model.get_weights()
     tensors = slim_names(model)

@@ -143,7 +143,8 @@ def write_split(tmp_path, rng, kind='clustered'):
     for name, pids, fids in (('query', query_pids, query_fids),
                              ('gallery', gallery_pids, gallery_fids)):
         paths[name + '_dataset'] = tmp_path / f'{name}.csv'
-        paths[name + '_dataset'].write_text(''.join(f'{p},{f}\n' for p, f in zip(pids, fids)))
+        lines = (f'{p},{f}\n' for p, f in zip(pids, fids, strict=True))
+        paths[name + '_dataset'].write_text(''.join(lines))
         paths[name + '_embeddings'] = tmp_path / f'{name}.h5'
         common.save_embeddings(paths[name + '_embeddings'], embeddings(rng, pids, kind))
     return paths
@@ -181,6 +182,14 @@ def test_cli_does_not_import_tensorflow(tmp_path):
     done = subprocess.run([sys.executable, '-c', code, '--excluder=market1501', *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and 'no tensorflow' in done.stdout, done.stderr
+
+
+def test_import_does_not_import_tensorflow():
+    """Nor does importing it: the plug-in listing it uses (model.plugin_names) stays light."""
+    code = 'import evaluate, sys; assert "tensorflow" not in sys.modules'
+    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_cli_warns_about_queries_without_match(tmp_path):

@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 
 import common
+from model import import_plugin, plugin_names
 from excluders import diagonal, duke, market1501
 
 
-@pytest.mark.parametrize('name', common.plugin_names('excluders'))
+@pytest.mark.parametrize('name', plugin_names('excluders'))
 def test_every_excluder_hides_the_query_itself(name):
     """A query that is also in the gallery must never retrieve its own file."""
-    module = common.import_plugin('excluders', name)
+    module = import_plugin('excluders', name)
     fids = {'duke': ['0005_c2_f0046985.jpg', '0005_c3_f0046985.jpg', '0006_c2_f0046000.jpg']}.get(
         name, ['0001_c1s1_001051_00.jpg', '0001_c2s1_001051_00.jpg', '0002_c1s1_000001_00.jpg'])
     gallery = np.array(['dir/' + fid for fid in fids])

@@ -4,16 +4,16 @@ import pytest
 import tensorflow as tf
 import keras
 
-import common
+from model import import_plugin, plugin_names
 from conftest import assert_close_float32
 
-HEADS = common.plugin_names('heads')
+HEADS = plugin_names('heads')
 FEATURES, EMBEDDING_DIM = 12, 5
 
 
 def _head_model(name):
     features = keras.Input((FEATURES,))
-    endpoints = common.import_plugin('heads', name).endpoints({'model_output': features},
+    endpoints = import_plugin('heads', name).endpoints({'model_output': features},
                                                               EMBEDDING_DIM)
     return keras.Model(features, endpoints)
 

@@ -1,4 +1,4 @@
-"""Tests of the backbones in nets/ (every module found there) and of common.BatchNorm."""
+"""Tests of the backbones in nets/ (every module found there) and of layers.BatchNorm."""
 import functools
 
 import numpy as np
@@ -6,10 +6,11 @@ import pytest
 import tensorflow as tf
 import keras
 
-import common
+import layers
+from model import import_plugin, plugin_names
 from conftest import assert_close_float32
 
-NETS = common.plugin_names('nets')
+NETS = plugin_names('nets')
 
 
 def _images(batch, height, width, seed=0):
@@ -19,7 +20,7 @@ def _images(batch, height, width, seed=0):
 @functools.cache  # building ResNet-101 takes seconds: once per net for all tests
 def _net_model(name):
     images = keras.Input((None, None, 3))
-    return keras.Model(images, common.import_plugin('nets', name).endpoints(images))
+    return keras.Model(images, import_plugin('nets', name).endpoints(images))
 
 
 # ----------------------------------------------------------------------------- nets
@@ -82,7 +83,7 @@ def _reference_bn(x, gamma, beta, mean, variance, epsilon):
 def test_batch_norm_matches_numpy(shape, mode):
     rng = np.random.RandomState(2)
     decay, epsilon = 0.9, 1e-3
-    layer = common.BatchNorm(decay=decay, epsilon=epsilon)
+    layer = layers.BatchNorm(decay=decay, epsilon=epsilon)
     x = (rng.randn(*shape) * 3 + 2).astype(np.float32)
     layer.build(x.shape)
     channels = shape[-1]
@@ -116,7 +117,7 @@ def test_batch_norm_gradients_match_keras():
     # Keras' own BatchNormalization is the reference for the backward pass (same formula).
     rng = np.random.RandomState(3)
     x = tf.constant(rng.randn(8, 3, 2, 4).astype(np.float32))
-    ours = common.BatchNorm(epsilon=1e-3)
+    ours = layers.BatchNorm(epsilon=1e-3)
     theirs = keras.layers.BatchNormalization(epsilon=1e-3)
     weights = rng.randn(8, 3, 2, 4).astype(np.float32)
     grads = []
@@ -132,7 +133,7 @@ def test_batch_norm_gradients_match_keras():
 
 
 def test_batch_norm_frozen_layer_uses_moving_averages():
-    layer = common.BatchNorm()
+    layer = layers.BatchNorm()
     x = np.random.RandomState(4).randn(4, 3).astype(np.float32) + 5
     layer.build(x.shape)
     layer.trainable = False
@@ -142,7 +143,7 @@ def test_batch_norm_frozen_layer_uses_moving_averages():
 
 
 def test_batch_norm_weights_are_named_as_slim():
-    layer = common.BatchNorm(name='conv1.BatchNorm')
+    layer = layers.BatchNorm(name='conv1.BatchNorm')
     layer.build((2, 3))
     names = sorted(v.path.split('/')[-1] for v in layer.weights)
     assert names == ['beta', 'gamma', 'moving_mean', 'moving_variance']

@@ -46,7 +46,6 @@ def test_recreates_the_official_lists(dataset, tmp_path):
     shared = [SHARED_DATA / f'{OFFICIAL[dataset]}_{split}.csv' for split in ('train', 'query',
                                                                               'test')]
     if not all(path.is_file() for path in shared):
-        print(f'skipped: the official lists are not in {SHARED_DATA}')
         pytest.skip(f'the official {dataset} lists are not in {SHARED_DATA}')
     fids = [line.split(',', 1)[1] for path in shared for line in path.read_text().splitlines()]
     # Created in reverse order, with extras that real downloads have and that are not images.

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-import common
+from model import build_model, slim_name
 import trinet_embed
 
 CI_COMMANDS = ('python3 -m venv', '.venv/bin/')  # set-up and test commands: .ci/run runs them
@@ -76,8 +76,8 @@ def market_names(pattern):
 
 def slim_resnet_v1_50(path, write_tf1_checkpoint) -> str:
     """A stand-in for slim's resnet_v1_50.ckpt: V1 format, slim names, ImageNet logits."""
-    model = common.build_model('resnet_v1_50', 'direct', 8)
-    values = {common.slim_name(layer, v): v.numpy() for layer in model.layers
+    model = build_model('resnet_v1_50', 'direct', 8)
+    values = {slim_name(layer, v): v.numpy() for layer in model.layers
               for v in layer.weights if layer.name.startswith('resnet_v1_50.')}
     values['resnet_v1_50/logits/weights'] = np.zeros((1, 1, 2048, 10), np.float32)
     return write_tf1_checkpoint(path, values, 'V1')

@@ -16,6 +16,8 @@ import pytest
 import tensorflow as tf
 
 import common
+import experiment
+from model import build_model, slim_name
 import loss
 import train
 from conftest import ROOT
@@ -66,7 +68,7 @@ def stored_step(path):
 
 
 def checkpoint_steps(root):
-    return sorted(int(p.name.split('-')[1].split('.')[0]) for p in root.glob('checkpoint-*.index'))
+    return [experiment.step_of(name) for name in experiment.checkpoints_in(root)]
 
 
 def pid_of(fids):
@@ -84,9 +86,9 @@ def slim_backbone(tmp_path_factory, write_tf1_checkpoint):
     """A slim-style V1 ImageNet checkpoint of the tiny net's backbone (with the 1001-class
     logits that the model lacks): (path, {slim name: value})."""
     keras.utils.set_random_seed(99)  # not the runs' seed: loaded weights differ from their own
-    model = common.build_model('mobilenet_v1_0_25', 'direct', 8)
-    backbone = {common.slim_name(layer, v): v.numpy() for layer in model.layers
-                for v in layer.weights if common.slim_name(layer, v).startswith('MobilenetV1/')}
+    model = build_model('mobilenet_v1_0_25', 'direct', 8)
+    backbone = {slim_name(layer, v): v.numpy() for layer in model.layers
+                for v in layer.weights if slim_name(layer, v).startswith('MobilenetV1/')}
     assert backbone, 'no backbone variables found by slim name'
     logits = {'MobilenetV1/Logits/Conv2d_1c_1x1/weights': np.zeros((1, 1, 256, 1001), np.float32)}
     path = write_tf1_checkpoint(tmp_path_factory.mktemp('slim') / 'mobilenet.ckpt',
@@ -159,7 +161,7 @@ def test_learning_rate_schedule():
 
 
 def test_given_flags():
-    assert train.given_flags(['--resume', '--batch_p=3', '--seed', '4', 'x']) == {
+    assert experiment.given_flags(['--resume', '--batch_p=3', '--seed', '4', 'x']) == {
         'resume', 'batch_p', 'seed'}
 
 
@@ -210,7 +212,7 @@ def test_checkpoints_logs_and_summaries(full_run):
     latest = tf.train.latest_checkpoint(str(root))
     assert latest.endswith('checkpoint-20') and stored_step(latest) == 20
     # embed.py's way of loading: the model alone.
-    model = common.build_model('mobilenet_v1_0_25', 'direct', 8)
+    model = build_model('mobilenet_v1_0_25', 'direct', 8)
     tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
     trained = [v.numpy() for v in model.trainable_variables]
     tf.train.Checkpoint(model=model).restore(str(root / 'checkpoint-0')).expect_partial()
@@ -358,9 +360,9 @@ def test_non_finite_loss_stops_without_saving(monkeypatch, tmp_path, dataset):
 def test_initial_checkpoint_is_checkpoint_0(full_run, slim_backbone):
     root, result = full_run
     assert 'ignored 1 checkpoint variables' in result.stderr  # the ImageNet logits
-    model = common.build_model('mobilenet_v1_0_25', 'direct', 8)
+    model = build_model('mobilenet_v1_0_25', 'direct', 8)
     tf.train.Checkpoint(model=model).restore(str(root / 'checkpoint-0')).expect_partial()
-    loaded = {common.slim_name(layer, v): v.numpy()
+    loaded = {slim_name(layer, v): v.numpy()
               for layer in model.layers for v in layer.weights}
     for name, value in slim_backbone[1].items():
         np.testing.assert_array_equal(loaded[name], value, err_msg=name)

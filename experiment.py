@@ -1,0 +1,275 @@
+"""The experiment root: args.json (write, read, merge) and checkpoints (name, list, restore).
+
+train.py and embed.py talk to each other only through these files. TensorFlow is imported
+inside the functions that need it, so that mistakes in flags are reported without its import.
+"""
+import argparse
+import json
+import logging
+import re
+from pathlib import Path
+
+import common
+from model import load_tf1_checkpoint, plugin_names
+
+ARGS_FILE = 'args.json'
+CHECKPOINT_NAME = 'checkpoint'  # files checkpoint-<iterations done>.index/.data-*
+NEVER_COMPARED = ('resume', 'experiment_root')  # flags that --resume does not take from args.json
+# The settings of the trained model that embed.py takes from args.json unless given. Only
+# these are read: the training flags flip_augment and crop_augment must not switch on
+# test-time augmentation.
+MODEL_SETTINGS = {'model_name': str, 'head_name': str, 'embedding_dim': int,
+                  'net_input_height': int, 'net_input_width': int,
+                  'pre_crop_height': int, 'pre_crop_width': int, 'image_root': str}
+
+
+# ----------------------------------------------------------------------------- flags
+def add_model_flags(parser, defaults: dict) -> None:
+    """Adds the flags that define the model and its input size, shared by train.py and embed.py.
+
+    Args:
+        parser: an argparse parser or argument group.
+        defaults: the default of each flag (model_name, head_name, embedding_dim,
+            net_input_height, net_input_width, pre_crop_height, pre_crop_width); embed.py
+            passes None for all, meaning "from args.json".
+    """
+    parser.add_argument('--model_name', default=defaults['model_name'],
+                        choices=plugin_names('nets'), help='Backbone, a module of nets/.')
+    parser.add_argument('--head_name', default=defaults['head_name'],
+                        choices=plugin_names('heads'), help='Embedding head, a module of heads/.')
+    parser.add_argument('--embedding_dim', default=defaults['embedding_dim'],
+                        type=common.positive_int, help='Size of the embedding.')
+    parser.add_argument('--net_input_height', default=defaults['net_input_height'],
+                        type=common.positive_int,
+                        help='Height of the images the net sees, in pixels.')
+    parser.add_argument('--net_input_width', default=defaults['net_input_width'],
+                        type=common.positive_int,
+                        help='Width of the images the net sees, in pixels.')
+    parser.add_argument('--pre_crop_height', default=defaults['pre_crop_height'],
+                        type=common.positive_int,
+                        help='With --crop_augment: height images are resized to before the '
+                             'crop, in pixels.')
+    parser.add_argument('--pre_crop_width', default=defaults['pre_crop_width'],
+                        type=common.positive_int,
+                        help='With --crop_augment: width images are resized to before the '
+                             'crop, in pixels.')
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """The names of the flags present in `argv` (exact names: the parsers allow no prefixes)."""
+    return {token[2:].split('=')[0] for token in argv if token.startswith('--')}
+
+
+def check_crop_size(net_size: tuple[int, int], pre_crop_size: tuple[int, int],
+                    flag: str = '--crop_augment') -> None:
+    """Raises common.InputError if the pre-crop size is smaller than the net input size.
+
+    Args:
+        net_size: (height, width) the net sees.
+        pre_crop_size: (height, width) images are resized to before cropping.
+        flag: the flag that asks for the crop, named in the message.
+    """
+    if pre_crop_size[0] < net_size[0] or pre_crop_size[1] < net_size[1]:
+        raise common.InputError(f'{flag}: the pre-crop size {pre_crop_size[0]}x'
+                                f'{pre_crop_size[1]} is smaller than the net input size '
+                                f'{net_size[0]}x{net_size[1]}')
+
+
+# ----------------------------------------------------------------------------- args.json
+def write_args(root: Path, args: argparse.Namespace) -> None:
+    """Writes every argument of the run to `root/args.json`: sorted keys, indented."""
+    (root / ARGS_FILE).write_text(json.dumps(vars(args), sort_keys=True, indent=2) + '\n')
+
+
+def read_args(path: Path) -> dict:
+    """Reads an args.json file.
+
+    Raises:
+        common.InputError: the file is unreadable, not JSON, or not a JSON object.
+    """
+    try:
+        stored = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise common.InputError(f'cannot read {path}: {e}') from None
+    if not isinstance(stored, dict):
+        raise common.InputError(f'{path} does not hold a JSON object')
+    return stored
+
+
+def resume_args(args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """Replaces the settings in `args` by those of the run's args.json, for train.py --resume.
+
+    Args:
+        args: the parsed command line; changed in place.
+        argv: the command line, to tell the given flags from the defaults.
+
+    Returns:
+        Notes to log as warnings: given flags that differ from the stored values (which win),
+        and stored settings that train.py does not know (ignored).
+
+    Raises:
+        common.InputError: there is no args.json in the experiment root, or it is unreadable.
+    """
+    path = Path(args.experiment_root).expanduser() / ARGS_FILE
+    if not path.is_file():
+        raise common.InputError(f'--resume: there is no {path}; start a new run without '
+                                '--resume')
+    given = given_flags(argv)
+    notes = []
+    for key, value in read_args(path).items():
+        if key in NEVER_COMPARED:
+            continue
+        if key not in vars(args):
+            notes.append(f'{path} has an unknown setting {key!r}: ignored')
+            continue
+        if key in given and getattr(args, key) != value:
+            notes.append(f'--{key}: using the stored value {value!r}, not the given '
+                         f'{getattr(args, key)!r} (edit args.json to change it)')
+        setattr(args, key, value)
+    return notes
+
+
+def fill_model_settings(args: argparse.Namespace, stored: dict, path: Path) -> None:
+    """Sets each of MODEL_SETTINGS that is None in `args` from `stored` (args.json at `path`).
+
+    Raises:
+        common.InputError: a stored value has the wrong type (or is not positive).
+    """
+    for key, kind in MODEL_SETTINGS.items():
+        if getattr(args, key) is None and stored.get(key) is not None:
+            value = stored[key]
+            if not isinstance(value, kind) or isinstance(value, bool) or (
+                    kind is int and value <= 0):
+                raise common.InputError(f'{path}: {key} is {value!r}, expected a '
+                                        f'{"positive integer" if kind is int else "string"}')
+            setattr(args, key, value)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def step_of(name: str) -> int:
+    """The step number a checkpoint name ends in (`checkpoint-25000`: 25000), else -1."""
+    match = re.search(r'(\d+)$', name)
+    return int(match[1]) if match else -1
+
+
+def checkpoints_in(root: Path) -> list[str]:
+    """Checkpoint names (e.g. `checkpoint-25000`) in `root`, in order of their step number."""
+    names = [p.name[:-len('.index')] for p in root.glob('*.index')]
+    return sorted(names, key=lambda name: (step_of(name), name))
+
+
+def find_checkpoint(root: Path, name: str | None) -> Path | None:
+    """The checkpoint named by embed.py --checkpoint (relative to `root` unless absolute).
+
+    Returns:
+        Its path, or None for the latest (see latest_checkpoint), once `root` is known to have
+        one.
+
+    Raises:
+        common.InputError: `name` does not exist (the available ones are listed), or `root`
+            has no checkpoint at all.
+    """
+    available = checkpoints_in(root)
+    if name is not None:
+        checkpoint = root / name.removesuffix('.index')
+        if not Path(f'{checkpoint}.index').is_file() and not checkpoint.is_file():
+            raise common.InputError(f'checkpoint {checkpoint} does not exist; {root} has '
+                                    f'{", ".join(available) if available else "none"}')
+        return checkpoint
+    if not available:
+        raise common.InputError(f'no checkpoint in {root} (no checkpoint-<step>.index files)')
+    return None
+
+
+def latest_checkpoint(root: Path) -> Path:
+    """The latest checkpoint in `root`, which has at least one."""
+    import tensorflow as tf
+    # The `checkpoint` state file may name paths of the machine that trained; then take the
+    # last step.
+    return Path(tf.train.latest_checkpoint(str(root)) or root / checkpoints_in(root)[-1])
+
+
+def is_tf1_checkpoint(checkpoint: Path) -> bool:
+    """True for a checkpoint of the 2017 TensorFlow 1 code, False for a TF2 object checkpoint.
+
+    Raises:
+        common.InputError: the checkpoint cannot be read.
+    """
+    import tensorflow as tf
+    try:
+        reader = tf.train.load_checkpoint(str(checkpoint))
+    except (tf.errors.OpError, ValueError) as e:
+        raise common.InputError(f'cannot read checkpoint {checkpoint}: {e}') from None
+    return not reader.has_tensor('_CHECKPOINTABLE_OBJECT_GRAPH')
+
+
+def restore_model(model, checkpoint: Path, embedding_dim: int, tf1: bool,
+                  log: logging.Logger) -> None:
+    """Loads only the model's weights from a checkpoint, for embedding.
+
+    Args:
+        model: from model.build_model.
+        checkpoint: a TF2 object checkpoint of train.py, or (`tf1`) a 2017 TF1 checkpoint,
+            whose Adam slots and global_step are skipped.
+        embedding_dim: named in the error message.
+        tf1: from is_tf1_checkpoint.
+        log: where the TF1 loader reports.
+
+    Raises:
+        common.InputError: the checkpoint does not hold every weight of the model.
+    """
+    if tf1:
+        missing = load_tf1_checkpoint(model, str(checkpoint), log)['missing']
+        if missing:  # fine for training from ImageNet weights, not for embedding
+            raise common.InputError(f'checkpoint {checkpoint} lacks {len(missing)} variables of '
+                                    f'{model.name}, e.g. {missing[0]}')
+        return
+    import tensorflow as tf
+    try:
+        status = tf.train.Checkpoint(model=model).restore(str(checkpoint)).expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise common.InputError(f'checkpoint {checkpoint} does not hold the weights of '
+                                f'{model.name} (embedding_dim {embedding_dim}): '
+                                f'{str(e).splitlines()[0]}') from None
+
+
+def training_checkpoint(root: Path, model, optimizer):
+    """The step counter and the checkpoint manager of a training run in `root`.
+
+    Returns:
+        (step, manager): `step` a tf.Variable (int64, iterations done) saved with the model
+        and the optimizer; `manager` saves `checkpoint-<step>` files, keeping all of them.
+    """
+    import tensorflow as tf
+    step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(step=step, model=model, optimizer=optimizer)
+    # The manager writes the `checkpoint` state file only after the data files are complete,
+    # so a crash while saving leaves the previous latest checkpoint in place and readable.
+    manager = tf.train.CheckpointManager(checkpoint, str(root), max_to_keep=None,
+                                         checkpoint_name=CHECKPOINT_NAME)
+    return step, manager
+
+
+def restore_training(manager, description: str) -> str | None:
+    """Restores model, optimizer and step from the manager's latest checkpoint, if any.
+
+    Args:
+        manager: from training_checkpoint.
+        description: the model, named in the error message (e.g. `resnet_v1_50 + fc1024`).
+
+    Returns:
+        The restored checkpoint's path, or None if the root has no checkpoint.
+
+    Raises:
+        common.InputError: the checkpoint does not fit the model or the optimizer.
+    """
+    import tensorflow as tf
+    latest = manager.latest_checkpoint
+    if latest:
+        try:
+            manager.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise common.InputError(f'cannot restore {latest} into {description}: '
+                                    f'{str(e).splitlines()[0]}') from None
+    return latest

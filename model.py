@@ -1,0 +1,143 @@
+"""The embedding model: plug-in discovery, nets + head -> Keras model, TF1/slim checkpoints.
+
+Keras and TensorFlow are imported inside the functions that need them, so that evaluate.py
+can list its excluders without paying TensorFlow's ~3.5 s import.
+"""
+import logging
+import os
+from importlib import import_module
+from pathlib import Path
+
+from common import InputError
+
+ROOT = Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------- plug-ins
+def plugin_names(folder: str) -> list[str]:
+    """The modules in `folder` (nets, heads, excluders): the valid --choices, found by scanning."""
+    return sorted(p.stem for p in (ROOT / folder).glob('*.py') if not p.stem.startswith('_'))
+
+
+def import_plugin(folder: str, name: str):
+    """Imports `folder/name.py` by name; an unknown name is an InputError listing the choices."""
+    if name not in plugin_names(folder):
+        raise InputError(f'unknown {folder} module {name!r}; '
+                         f'choose from {", ".join(plugin_names(folder))}')
+    return import_module(f'{folder}.{name}')
+
+
+# ----------------------------------------------------------------------------- model
+def build_model(model_name: str, head_name: str, embedding_dim: int):
+    """The embedding model: nets/<model_name>.py followed by heads/<head_name>.py.
+
+    The model takes float32 RGB images (B, H, W, 3) with values in [0, 255], any H and W
+    (the backbone does its own preprocessing), and returns the dict of named endpoints that
+    the net and head produce; `endpoints['emb']` is the (B, embedding_dim) embedding.
+    """
+    import keras
+    net = import_plugin('nets', model_name)
+    head = import_plugin('heads', head_name)
+    images = keras.Input((None, None, 3), name='images')
+    endpoints = head.endpoints(net.endpoints(images), embedding_dim)
+    return keras.Model(images, endpoints, name=f'{model_name}_{head_name}')
+
+
+# ----------------------------------------------------------------------------- TF1 checkpoints
+def slim_name(layer, variable) -> str:
+    """The TF1/slim checkpoint name of a Keras variable, by a rule on the names we choose.
+
+    Keras 3 forbids '/' in layer names, so our layers use '.' where slim's scopes use '/';
+    Keras' variable names map to slim's: kernel -> weights (depthwise_weights for a depthwise
+    conv), bias -> biases; batch norm's gamma, beta, moving_mean, moving_variance stay.
+    E.g. layer `resnet_v1_50.conv1.BatchNorm`, variable `gamma` ->
+    `resnet_v1_50/conv1/BatchNorm/gamma`.
+    """
+    import keras
+    name = variable.name.split('/')[-1]
+    if name == 'kernel':
+        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+        name = 'depthwise_weights' if depthwise else 'weights'
+    elif name == 'bias':
+        name = 'biases'
+    return layer.name.replace('.', '/') + '/' + name
+
+
+def _some(names: list[str], limit: int = 6) -> str:
+    shown = ', '.join(names[:limit])
+    return shown + (f', ... ({len(names) - limit} more)' if len(names) > limit else '')
+
+
+def load_tf1_checkpoint(model, path: str | os.PathLike, log: logging.Logger | None = None) -> dict:
+    """Loads a TF1 (slim-named) checkpoint into a model by variable name.
+
+    Reads the old single-file "V1" format (e.g. slim's published resnet_v1_50.ckpt) and V2
+    (`prefix.index` + `prefix.data-*`; give the prefix, either file, or a folder with a
+    `checkpoint` file, such as a 2017 experiment root). Variables the model lacks (ImageNet
+    logits, Adam slots, global_step) are ignored; model variables the checkpoint lacks keep
+    their initial values (expected for a head on an ImageNet checkpoint). Both are logged.
+
+    Args:
+        model: a Keras model whose variables follow `slim_name`.
+        path: the checkpoint.
+        log: where the summary goes; the project's logger if None.
+
+    Returns:
+        dict with lists of slim names: `loaded` (assigned), `missing` (model variables not in
+        the checkpoint) and `ignored` (checkpoint variables not in the model).
+
+    Raises:
+        InputError: unreadable checkpoint, or one of another architecture: nothing matches, a
+            shape differs, or a scope of the model is in the checkpoint only in part (the
+            first culprit is named).
+    """
+    import tensorflow as tf
+    log = log or logging.getLogger('triplet-reid')
+    path = str(path)
+    for suffix in ('.index', '.meta'):
+        path = path.removesuffix(suffix)
+    if '.data-' in Path(path).name:
+        path = path[:path.rindex('.data-')]
+    try:
+        reader = tf.train.load_checkpoint(path)
+    except (tf.errors.OpError, ValueError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f'cannot read checkpoint {path}: {message}') from None
+    shapes = reader.get_variable_to_shape_map()
+
+    variables = {}
+    for layer in model.layers:
+        for variable in layer.weights:
+            variables[slim_name(layer, variable)] = variable
+    ignored = sorted(set(shapes) - set(variables))
+    missing = sorted(set(variables) - set(shapes))
+    loaded = sorted(set(variables) & set(shapes))
+    if not loaded:
+        hint = (' (a TF2 object checkpoint: use train.py --resume, or embed.py, on its '
+                'experiment root)' if any('.ATTRIBUTES' in name for name in shapes) else '')
+        raise InputError(f'checkpoint {path} holds none of the variables of model {model.name}'
+                         f'{hint}: it has e.g. {_some(sorted(shapes), 3)}; the model expects e.g. '
+                         f'{_some(sorted(variables), 3)}')
+    # A scope that is in the checkpoint at all must be there in full: a partial match means
+    # another architecture (e.g. other block sizes), not a head that was never trained.
+    scopes = {name.split('/')[0] for name in shapes}
+    partial = [name for name in missing if name.split('/')[0] in scopes]
+    if partial:
+        raise InputError(f'checkpoint {path} does not fit model {model.name}: it lacks '
+                         f'{len(partial)} variables of the model, e.g. {_some(partial, 3)}')
+    for name, variable in variables.items():  # model order: the culprit nearest the input
+        if name in shapes and tuple(shapes[name]) != tuple(variable.shape):
+            raise InputError(f'checkpoint {path} does not fit model {model.name}: {name} has '
+                             f'shape {tuple(shapes[name])} there, {tuple(variable.shape)} in '
+                             f'the model')
+    for name in loaded:
+        variables[name].assign(reader.get_tensor(name).astype(variables[name].dtype))
+
+    log.info('loaded %d of the model\'s %d variables from %s', len(loaded), len(variables), path)
+    if missing:
+        log.info('%d model variables are not in the checkpoint and keep their initial values: '
+                 '%s', len(missing), _some(missing))
+    if ignored:
+        log.info('ignored %d checkpoint variables that the model lacks: %s', len(ignored),
+                 _some(ignored))
+    return {'loaded': loaded, 'missing': missing, 'ignored': ignored}
