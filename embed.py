@@ -73,6 +73,10 @@ parser.add_argument(
          'trained with a euclidean loss, `normalized_mean` for `_normalize` heads. Required '
          'with --flip_augment or --crop_augment five, refused without them.')
 parser.add_argument(
+    '--projector', default=None, metavar='DIR',
+    help='Also write TensorBoard projector files of the embeddings into DIR (tensors, metadata '
+         'with identity, camera and file, a sprite of thumbnails): `tensorboard --logdir DIR`.')
+parser.add_argument(
     '--quiet', action='store_true',
     help='Print only warnings and errors: no settings, no progress bar.')
 group = parser.add_argument_group(
@@ -302,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Data and output files.
     image_root = Path(args.image_root or '.').expanduser()
-    _, fids = common.load_dataset(args.dataset, image_root, check_files=True)
+    pids, fids = common.load_dataset(args.dataset, image_root, check_files=True)
     filename = root / (args.filename or f'{Path(args.dataset).stem}_embeddings.h5')
     probe_writable(filename)
     csv_file = None if args.csv in (None, '-') else root / args.csv
@@ -344,6 +348,14 @@ def main(argv: list[str] | None = None) -> None:
         write_csv(csv_file, fids, emb)
         if csv_file is not None:
             log.info('wrote %s', csv_file)
+    if args.projector is not None:
+        import report
+        try:
+            count = report.write_projector(args.projector, emb, pids, fids, paths, log)
+        except OSError as e:
+            raise common.InputError(f'cannot write the projector files into {args.projector}: '
+                                    f'{e}') from None
+        log.info('wrote TensorBoard projector files of %d images into %s', count, args.projector)
 
 
 if __name__ == '__main__':

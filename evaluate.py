@@ -8,8 +8,10 @@
 """
 import argparse
 import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score
@@ -37,6 +39,21 @@ parser.add_argument('--use_market_ap', action='store_true', default=False,
                          "of scikit-learn's average_precision_score.")
 parser.add_argument('--batch_size', default=256, type=common.positive_int,
                     help='Queries scored at once; memory is about 40 x batch_size x gallery bytes.')
+group = parser.add_argument_group('results page', 'A folder with index.html and pictures.')
+group.add_argument('--report', default=None, metavar='DIR',
+                   help='Write the results page into DIR: summary, CMC curve, AP histogram and\n'
+                        'the ranked gallery images of chosen queries.')
+group.add_argument('--report_queries', default=20, type=common.nonnegative_int,
+                   help='Queries shown on the page (default 20).')
+group.add_argument('--report_order', default='worst', choices=('worst', 'best', 'random'),
+                   help='Which queries: lowest AP first (with a few of the best for contrast),\n'
+                        'highest first, or a random sample (default: worst).')
+group.add_argument('--top_k', default=10, type=common.positive_int,
+                   help='Gallery images shown per query (default 10).')
+group.add_argument('--image_root', default=None,
+                   help='Folder the CSVs\' image paths are relative to, for the page. Default:\n'
+                        'the image_root of the experiment root holding --query_embeddings\n'
+                        '(its args.json), else the current folder.')
 
 
 # ----------------------------------------------------------------------------- the definition
@@ -184,6 +201,43 @@ def summary_line(result: dict) -> str:
     return line
 
 
+def stored_image_root(embeddings_file: str) -> str | None:
+    """The image_root in the args.json beside an embeddings file (an experiment root), if any."""
+    args_file = Path(embeddings_file).parent / 'args.json'
+    try:
+        stored = json.loads(args_file.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return None
+    root = stored.get('image_root') if isinstance(stored, dict) else None
+    return root if isinstance(root, str) else None
+
+
+def write_report(args: argparse.Namespace, result: dict, query_pids: np.ndarray,
+                 query_fids: np.ndarray, gallery_pids: np.ndarray, gallery_fids: np.ndarray,
+                 distance_rows, excluder) -> None:
+    """The results page of --report; `distance_rows(query indices)` gives the distances that
+    the evaluation used."""
+    import report
+    image_root = args.image_root or stored_image_root(args.query_embeddings) or '.'
+    split = {'query': (query_pids, query_fids), 'gallery': (gallery_pids, gallery_fids)}
+    splits = {name: {'pids': pids, 'fids': fids,
+                     'paths': np.array([os.path.join(image_root, fid) for fid in fids])}
+              for name, (pids, fids) in split.items()}
+    options = {'protocol (--excluder)': args.excluder, 'metric': args.metric,
+               'AP': 'Market-1501 MATLAB' if args.use_market_ap else 'scikit-learn',
+               'queries': len(query_pids), 'gallery': len(gallery_pids),
+               'query embeddings': args.query_embeddings,
+               'gallery embeddings': args.gallery_embeddings, 'images': image_root}
+    try:
+        index = report.write_report(
+            args.report, result, splits['query'], splits['gallery'], distance_rows,
+            lambda rows: excluder(query_fids[rows]), options, args.report_queries,
+            args.report_order, args.top_k)
+    except OSError as e:
+        raise common.InputError(f'cannot write the report into {args.report}: {e}') from None
+    print(f'report: {index}', file=sys.stderr)
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     args = parser.parse_args()
@@ -213,6 +267,10 @@ def main() -> None:
         print(f'warning: {len(unmatched)} of {len(query_fids)} queries have no valid match in the '
               f'gallery and are left out of mAP and CMC: {names}', file=sys.stderr)
     print(summary_line(result))
+    if args.report:
+        write_report(args, result, query_pids, query_fids, gallery_pids, gallery_fids,
+                     lambda rows: loss.cdist(query_embs[rows], gallery_embs, args.metric),
+                     excluder)
     if args.filename:
         result.update(args=vars(args), unmatched_queries=unmatched)
         try:
