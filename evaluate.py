@@ -17,8 +17,9 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 import common
-from model import import_plugin, plugin_names
+import experiment
 import loss
+from model import import_plugin, plugin_names
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
 parser.add_argument('--excluder', required=True, choices=plugin_names('excluders'),
@@ -203,12 +204,8 @@ def summary_line(result: dict) -> str:
 
 def stored_image_root(embeddings_file: str) -> str | None:
     """The image_root in the args.json beside an embeddings file (an experiment root), if any."""
-    args_file = Path(embeddings_file).parent / 'args.json'
-    try:
-        stored = json.loads(args_file.read_text(encoding='utf-8'))
-    except (OSError, ValueError):
-        return None
-    root = stored.get('image_root') if isinstance(stored, dict) else None
+    args_file = Path(embeddings_file).parent / experiment.ARGS_FILE
+    root = experiment.read_args(args_file).get('image_root') if args_file.is_file() else None
     return root if isinstance(root, str) else None
 
 

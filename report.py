@@ -96,7 +96,7 @@ def draw_query(path: Path, query: dict, gallery: dict, row: dict, dists: np.ndar
                                 squeeze=False)
     draw_panel(axes[0, 0], read_thumbnail(query['path']), query['fid'], 'black',
                f"query\nid {query['pid']}")
-    for axis, (index, rank, kind) in zip(axes[0, 1:], entries):
+    for axis, (index, rank, kind) in zip(axes[0, 1:], entries, strict=True):
         caption = (f"{'ignored' if rank is None else f'#{rank}'}\n{dists[index]:.3f}\n"
                    f"id {gallery['pids'][index]}")
         draw_panel(axis, read_thumbnail(gallery['paths'][index]), gallery['fids'][index],
@@ -239,12 +239,11 @@ def cameras(fids: np.ndarray) -> list[str]:
     """The camera of each file name, by the first dataset pattern of excluders/ that parses all
     of them; empty strings if none does."""
     import re
-    from importlib import import_module
 
-    import common
+    from model import import_plugin, plugin_names
     names = [os.path.basename(str(fid)) for fid in fids]
-    for name in common.plugin_names('excluders'):
-        pattern = getattr(import_module(f'excluders.{name}'), 'PATTERN', None)
+    for name in plugin_names('excluders'):
+        pattern = getattr(import_plugin('excluders', name), 'PATTERN', None)
         matches = [re.match(pattern, n) for n in names] if pattern else [None]
         if all(matches):
             return [m.group(2) for m in matches]
@@ -271,7 +270,7 @@ def write_projector(folder: str | os.PathLike, embs: np.ndarray, pids: np.ndarra
     cams = cameras(fids[:count])
     with open(folder / 'metadata.tsv', 'w', encoding='utf-8') as f:
         f.write('identity\tcamera\tfile\n')
-        for pid, cam, fid in zip(pids[:count], cams, fids[:count]):
+        for pid, cam, fid in zip(pids[:count], cams, fids[:count], strict=True):
             # One line per point, three columns: no tab or line break may come from a name.
             cells = [' '.join(str(cell).split()) for cell in (pid, cam, fid)]
             f.write('\t'.join(cells) + '\n')
