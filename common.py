@@ -4,12 +4,13 @@ TensorFlow is imported only inside the functions that need it, so that evaluate.
 only) starts in a fraction of a second instead of paying TensorFlow's ~3.5 s import.
 """
 import argparse
+import contextlib
 import csv
 import logging
 import os
 import sys
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import numpy as np
@@ -145,6 +146,26 @@ def load_embeddings(h5_file: str | os.PathLike) -> np.ndarray:
     return embs
 
 
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path` to write; when the block ends without error it
+    replaces `path`, otherwise it is removed. So an interrupted or failed write never leaves a
+    truncated file under the final name, and the previous file stays intact.
+
+    Raises:
+        InputError: the file cannot be written (a missing folder, a full or read-only disk).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp')
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise InputError(f'cannot write {path}: {e.strerror or e}') from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_embeddings(h5_file: str | os.PathLike, emb: np.ndarray, emb_aug: np.ndarray | None = None,
                     augmentation_types: list[str] | None = None) -> None:
     """Writes `emb` (N, D), optionally `emb_aug` (A, N, D) and `augmentation_types` (A,).
@@ -154,20 +175,13 @@ def save_embeddings(h5_file: str | os.PathLike, emb: np.ndarray, emb_aug: np.nda
     the 2017 code wrote.
     """
     import h5py
-    h5_file = Path(h5_file)
-    tmp = h5_file.with_name(h5_file.name + '.tmp')
-    try:
-        with h5py.File(tmp, 'w') as f:
-            f.create_dataset('emb', data=np.asarray(emb, np.float32))
-            f['embs'] = h5py.SoftLink('/emb')
-            if emb_aug is not None:
-                f.create_dataset('emb_aug', data=np.asarray(emb_aug, np.float32))
-                f.create_dataset('augmentation_types', dtype=h5py.string_dtype(),
-                                 data=np.array(augmentation_types, dtype=object))
-        os.replace(tmp, h5_file)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f'cannot write {h5_file}: {e}') from None
+    with atomic_write(h5_file) as tmp, h5py.File(tmp, 'w') as f:
+        f.create_dataset('emb', data=np.asarray(emb, np.float32))
+        f['embs'] = h5py.SoftLink('/emb')
+        if emb_aug is not None:
+            f.create_dataset('emb_aug', data=np.asarray(emb_aug, np.float32))
+            f.create_dataset('augmentation_types', dtype=h5py.string_dtype(),
+                             data=np.array(augmentation_types, dtype=object))
 
 
 # ----------------------------------------------------------------------------- logging

@@ -11,21 +11,16 @@ always belongs to line i of the CSV. Experiment roots of the 2017 TensorFlow 1 c
 """
 import argparse
 import csv
-import inspect
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-import aggregators
 import common
 import experiment
-from model import build_model
+from model import build_model, import_plugin, plugin_names
 
-AGGREGATORS = sorted(name for name, f in vars(aggregators).items()
-                     if inspect.isfunction(f) and f.__module__ == aggregators.__name__
-                     and not name.startswith('_'))
+AGGREGATORS = plugin_names('aggregators')
 CROPS = ('center', 'avgpool', 'five')
 # The corner crops of `--crop_augment five`, in the 2017 order, as (row, column) of the
 # crop's top-left corner in units of the margin (pre-crop size - net input size).
@@ -243,14 +238,8 @@ def write_csv(path: Path | None, fids: np.ndarray, emb: np.ndarray) -> None:
         write(sys.stdout)
         sys.stdout.flush()
         return
-    tmp = path.with_name(path.name + '.tmp')
-    try:
-        with open(tmp, 'w', newline='', encoding='utf-8') as f:
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise common.InputError(f'cannot write {path}: {e.strerror or e}') from None
+    with common.atomic_write(path) as tmp, open(tmp, 'w', newline='', encoding='utf-8') as f:
+        write(f)
 
 
 def model_settings(args: argparse.Namespace, root: Path) -> dict:
@@ -338,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     emb_aug = None
     if len(types) > 1:
         emb_aug = emb.transpose(1, 0, 2)  # (A, N, D)
-        emb = getattr(aggregators, args.aggregator)(emb_aug)
+        emb = import_plugin('aggregators', args.aggregator).aggregate(emb_aug)
     else:
         emb = emb[:, 0]
     common.save_embeddings(filename, emb, emb_aug, types if emb_aug is not None else None)

@@ -270,11 +270,8 @@ def main() -> None:
                      excluder)
     if args.filename:
         result.update(args=vars(args), unmatched_queries=unmatched)
-        try:
-            with open(args.filename, 'w') as f:
-                json.dump(result, f)
-        except OSError as e:
-            raise common.InputError(f'cannot write {args.filename}: {e}') from None
+        with common.atomic_write(args.filename) as tmp, open(tmp, 'w') as f:
+            json.dump(result, f)
 
 
 if __name__ == '__main__':

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+import common
+
 ORDERS = ('worst', 'best', 'random')
 COLOURS = {'match': '#1a9c1a', 'wrong': '#d62020', 'ignored': '#9a9a9a'}
 THUMB = (128, 64)  # (height, width) of a gallery picture in pixels, Market-1501's size
@@ -170,9 +172,8 @@ def write_report(folder: str | os.PathLike, result: dict, query: dict, gallery: 
             rows.append((i, row, picture))
     page = render_html(result, query, options, rows, order, top_k)
     index = folder / 'index.html'
-    tmp = index.with_name(index.name + '.tmp')
-    tmp.write_text(page, encoding='utf-8')
-    os.replace(tmp, index)
+    with common.atomic_write(index) as tmp:
+        tmp.write_text(page, encoding='utf-8')
     return index
 
 

@@ -15,11 +15,11 @@ Exit codes: 1 for a bad command line (as the 2017 script), 2 for an input that c
 (missing or unreadable file list, weights or image, weights of the wrong shapes).
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
@@ -292,56 +292,45 @@ def main(argv: list[str] | None = None) -> int:
 
     # The HDF5 file is filled batch by batch under a temporary name and renamed at the end, so
     # an interrupted run leaves no truncated file under the final name.
-    h5, h5_tmp = None, None
-    if args.h5:
-        import h5py
-        h5_tmp = Path(args.h5).with_name(Path(args.h5).name + '.tmp')
-        try:
-            h5 = h5py.File(h5_tmp, 'w')
-        except OSError as e:
-            raise common.InputError(f'cannot write {args.h5}: {e}') from None
-        dataset = h5.create_dataset('emb', (len(entries), EMB_DIM), np.float32)
-        h5['embs'] = h5py.SoftLink('/emb')  # the 2017 name
-
-    try:
-        os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-        import tensorflow as tf
-        model = build_model(weights)
-        del weights
-
-        @tf.function(input_signature=[tf.TensorSpec((None, CROP_H, CROP_W, 3), tf.float32)])
-        def embed(crops):
-            emb = model(crops, training=False)
-            return tf.reduce_mean(tf.reshape(emb, (-1, 10, EMB_DIM)), axis=1)  # mean of 10 crops
-
-        log.info(f'embedding {len(entries)} images of {args.image_list}, '
-                 f'{args.batch_size} per step')
-        start = time.perf_counter()
-        for first in range(0, len(entries), args.batch_size):
-            batch = entries[first:first + args.batch_size]
-            embs = embed(load_batch(batch, args.image_list)).numpy()
-            # str() of a float32 is its shortest round-tripping form, as the 2017 output.
-            lines = [','.join([path, *map(str, emb)])
-                     for (_, path), emb in zip(batch, embs, strict=True)]
-            print('\n'.join(lines), flush=True)
-            if h5 is not None:
-                dataset[first:first + len(batch)] = embs
-    except BaseException:  # an interrupted or failed run leaves no file behind
-        if h5 is not None:
-            h5.close()
-            h5_tmp.unlink(missing_ok=True)
-        raise
-    if h5 is not None:
-        h5.close()
-        try:
-            os.replace(h5_tmp, args.h5)
-        except OSError as e:
-            h5_tmp.unlink(missing_ok=True)
-            raise common.InputError(f'cannot write {args.h5}: {e}') from None
+    with contextlib.ExitStack() as stack:
+        h5 = None
+        if args.h5:
+            import h5py
+            h5 = stack.enter_context(h5py.File(stack.enter_context(
+                common.atomic_write(args.h5)), 'w'))
+            h5.create_dataset('emb', (len(entries), EMB_DIM), np.float32)
+            h5['embs'] = h5py.SoftLink('/emb')  # the 2017 name
+        start = embed_all(entries, weights, args, h5, log)
     seconds = time.perf_counter() - start
     log.info(f'embedded {len(entries)} images in {seconds:.1f} s '
              f'({len(entries) / seconds:.2f} images/s)')
     return 0
+
+
+def embed_all(entries: list, weights: dict, args: argparse.Namespace, h5, log) -> float:
+    """Prints the embedding line of every image, batch by batch, and fills `h5['emb']` if
+    given; returns the time it started."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    import tensorflow as tf
+    model = build_model(weights)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, CROP_H, CROP_W, 3), tf.float32)])
+    def embed(crops):
+        emb = model(crops, training=False)
+        return tf.reduce_mean(tf.reshape(emb, (-1, 10, EMB_DIM)), axis=1)  # mean of 10 crops
+
+    log.info(f'embedding {len(entries)} images of {args.image_list}, {args.batch_size} per step')
+    start = time.perf_counter()
+    for first in range(0, len(entries), args.batch_size):
+        batch = entries[first:first + args.batch_size]
+        embs = embed(load_batch(batch, args.image_list)).numpy()
+        # str() of a float32 is its shortest round-tripping form, as the 2017 output.
+        lines = [','.join([path, *map(str, emb)])
+                 for (_, path), emb in zip(batch, embs, strict=True)]
+        print('\n'.join(lines), flush=True)
+        if h5 is not None:
+            h5['emb'][first:first + len(batch)] = embs
+    return start
 
 
 if __name__ == '__main__':

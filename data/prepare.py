@@ -21,6 +21,7 @@ import numpy as np
 # Scripts in data/ run as `python data/prepare.py`: the repo root must be on the path for common.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+from excluders import duke, market1501  # noqa: E402  (the datasets' file-name patterns)
 
 parser = argparse.ArgumentParser(
     description='Write train/query/test CSVs for a re-id dataset from its own folder layout.')
@@ -71,8 +72,8 @@ folders.add_argument('--query_per_id', type=common.positive_int, default=1,
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 # Market-1501-v15.09.15 has 24 files named *.jpg.jpg (identity 1488 and its neighbours in
 # time); the official lists keep them, so they are images, not unparsable names.
-MARKET_PATTERN = re.compile(r'^(-1|\d+)_c\d+s\d+_\d+_\d+\.jpg(?:\.jpg)?$')
-DUKE_PATTERN = re.compile(r'^(\d+)_c\d+_f\d+\.jpg$')
+MARKET_PATTERN = re.compile(rf'^{market1501.PATTERN}\.jpg(?:\.jpg)?$')
+DUKE_PATTERN = re.compile(rf'^{duke.PATTERN}\.jpg$')
 # The usual cuhk03-np names look like 0001_c1_1.png; some copies were converted to JPEG.
 CUHK03_PATTERN = re.compile(r'^(\d+)_c\d+_\d+\.(?:png|jpg)$')
 # Identity 00-1 marks MARS junk tracklets, 0000 its distractors.

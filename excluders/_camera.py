@@ -16,8 +16,8 @@ class CameraExcluder:
     stay in the gallery as negatives.
     """
 
-    def __init__(self, gallery_fids: np.ndarray, pattern: str, dataset: str):
-        self.pattern, self.dataset = re.compile(pattern), dataset
+    def __init__(self, gallery_fids: np.ndarray, pattern: str, dataset: str, example: str):
+        self.pattern, self.dataset, self.example = re.compile(pattern), dataset, example
         self.gallery_pids, self.gallery_cams = self.parse(gallery_fids)
         self.junk = self.gallery_pids == -1
 

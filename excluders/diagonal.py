@@ -5,6 +5,8 @@ evaluated against itself), or when there are no camera labels.
 """
 import numpy as np
 
+EXAMPLES = ['a.jpg', 'b.jpg', 'folder/a.jpg']
+
 
 class Excluder:
     def __init__(self, gallery_fids: np.ndarray):

@@ -1,9 +1,14 @@
-"""aggregators.py: every aggregator against a NumPy computation written out here."""
+"""aggregators/: every aggregator against a NumPy computation written out here."""
 import numpy as np
 import pytest
 
-import aggregators
-from embed import AGGREGATORS as NAMES  # the --aggregator choices, found by scanning the module
+from model import import_plugin, plugin_names
+
+NAMES = plugin_names('aggregators')
+
+
+def aggregate(name: str, emb_aug: np.ndarray) -> np.ndarray:
+    return import_plugin('aggregators', name).aggregate(emb_aug)
 
 
 def emb_aug(a: int = 10, n: int = 7, d: int = 5, seed: int = 0) -> np.ndarray:
@@ -27,7 +32,7 @@ def test_the_2017_aggregators_exist():
 @pytest.mark.parametrize('name', NAMES)
 @pytest.mark.parametrize('a', [1, 2, 10])
 def test_shape_dtype_and_finite(name, a):
-    out = getattr(aggregators, name)(emb_aug(a))
+    out = aggregate(name, emb_aug(a))
     assert out.shape == (7, 5)
     assert out.dtype == np.float32
     assert np.isfinite(out).all()
@@ -37,35 +42,35 @@ def test_shape_dtype_and_finite(name, a):
 def test_rows_are_independent_and_keep_their_order(name):
     # Row i of the result depends on row i of each augmentation only.
     x = emb_aug()
-    out = getattr(aggregators, name)(x)
+    out = aggregate(name, x)
     perm = np.random.default_rng(1).permutation(x.shape[1])
-    np.testing.assert_array_equal(getattr(aggregators, name)(x[:, perm]), out[perm])
-    np.testing.assert_array_equal(getattr(aggregators, name)(x[:, 2:3]), out[2:3])
+    np.testing.assert_array_equal(aggregate(name, x[:, perm]), out[perm])
+    np.testing.assert_array_equal(aggregate(name, x[:, 2:3]), out[2:3])
 
 
 @pytest.mark.parametrize('name', NAMES)
 def test_order_of_augmentations_does_not_matter(name):
     x = emb_aug()
-    np.testing.assert_allclose(getattr(aggregators, name)(x[::-1]), getattr(aggregators, name)(x),
+    np.testing.assert_allclose(aggregate(name, x[::-1]), aggregate(name, x),
                                rtol=0, atol=sum_tolerance(x))
 
 
 def test_mean_against_numpy():
     x = emb_aug()
     want = sum(x[k].astype(np.float64) for k in range(len(x))) / len(x)
-    np.testing.assert_allclose(aggregators.mean(x), want, rtol=0, atol=sum_tolerance(x))
+    np.testing.assert_allclose(aggregate('mean', x), want, rtol=0, atol=sum_tolerance(x))
 
 
 def test_mean_of_one_augmentation_is_itself():
     x = emb_aug(1)
-    np.testing.assert_array_equal(aggregators.mean(x), x[0])
+    np.testing.assert_array_equal(aggregate('mean', x), x[0])
 
 
 def test_normalized_mean_against_numpy():
     x = emb_aug()
     mean = x.astype(np.float64).mean(axis=0)
     want = mean / np.sqrt((mean ** 2).sum(axis=1, keepdims=True))
-    out = aggregators.normalized_mean(x)
+    out = aggregate('normalized_mean', x)
     # Dividing by the norm can enlarge the mean's error by 1 / its norm.
     norms = np.linalg.norm(mean, axis=1, keepdims=True)
     np.testing.assert_allclose(out, want, rtol=0, atol=sum_tolerance(x) / norms.min())
@@ -77,11 +82,11 @@ def test_normalized_mean_differs_from_mean_on_unit_vectors():
     # normalized_mean exists.
     x = emb_aug()
     x /= np.linalg.norm(x, axis=2, keepdims=True)
-    assert (np.linalg.norm(aggregators.mean(x), axis=1) < 0.99).all()
-    np.testing.assert_allclose(np.linalg.norm(aggregators.normalized_mean(x), axis=1), 1.0,
+    assert (np.linalg.norm(aggregate('mean', x), axis=1) < 0.99).all()
+    np.testing.assert_allclose(np.linalg.norm(aggregate('normalized_mean', x), axis=1), 1.0,
                                rtol=0, atol=8 * EPS32)
 
 
 def test_normalized_mean_of_a_zero_mean_is_zero_not_nan():
     x = np.stack([np.ones((2, 3)), -np.ones((2, 3))]).astype(np.float32)
-    np.testing.assert_array_equal(aggregators.normalized_mean(x), np.zeros((2, 3)))
+    np.testing.assert_array_equal(aggregate('normalized_mean', x), np.zeros((2, 3)))

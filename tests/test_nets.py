@@ -1,4 +1,5 @@
-"""Tests of the backbones in nets/ (every module found there) and of layers.BatchNorm."""
+"""Tests of the backbones in nets/: the contract for every module found there, then the
+properties of this project's nets."""
 import functools
 
 import numpy as np
@@ -60,91 +61,26 @@ def test_net_eager_and_tf_function_agree(name):
 
 
 @pytest.mark.parametrize('name', NETS)
-def test_net_training_updates_only_batch_norm_statistics(name):
+def test_inference_changes_no_variable(name):
     model = _net_model(name)
-    before = [v.numpy().copy() for v in model.non_trainable_variables]
-    assert before, 'every slim net has batch norm moving averages'
+    before = [v.numpy().copy() for v in model.variables]
     model(_images(2, 64, 32), training=False)
-    variables = model.non_trainable_variables
-    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, variables, strict=True))
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.variables, strict=True))
+
+
+# ----------------------------------------------------------------------------- this project's nets
+# All of them normalise with layers.BatchNorm: training moves every moving average and nothing
+# else that is not trained.
+BATCH_NORM_NETS = ('mobilenet_v1_0_25', 'mobilenet_v1_1_224', 'resnet_v1_101', 'resnet_v1_50',
+                   'small_cnn')
+
+
+@pytest.mark.parametrize('name', BATCH_NORM_NETS)
+def test_training_moves_every_batch_norm_statistic(name):
+    model = _net_model(name)
+    norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNorm)]
+    statistics = [v for layer in norms for v in (layer.moving_mean, layer.moving_variance)]
+    assert {id(v) for v in statistics} == {id(v) for v in model.non_trainable_variables}
+    before = [v.numpy().copy() for v in statistics]
     model(_images(2, 64, 32), training=True)
-    changed = [not np.array_equal(b, v.numpy())
-               for b, v in zip(before, variables, strict=True)]
-    assert all(changed)
-
-
-# ----------------------------------------------------------------------------- BatchNorm
-def _reference_bn(x, gamma, beta, mean, variance, epsilon):
-    return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta
-
-
-@pytest.mark.parametrize('shape', [(6, 5, 4, 3), (7, 3)])
-@pytest.mark.parametrize('mode', ['eager', 'tf.function'])
-def test_batch_norm_matches_numpy(shape, mode):
-    rng = np.random.RandomState(2)
-    decay, epsilon = 0.9, 1e-3
-    layer = layers.BatchNorm(decay=decay, epsilon=epsilon)
-    x = (rng.randn(*shape) * 3 + 2).astype(np.float32)
-    layer.build(x.shape)
-    channels = shape[-1]
-    gamma, beta = rng.rand(channels) + 0.5, rng.randn(channels)
-    mean, variance = rng.randn(channels), rng.rand(channels) + 0.5
-    for variable, value in zip([layer.gamma, layer.beta, layer.moving_mean,
-                                layer.moving_variance], [gamma, beta, mean, variance], strict=True):
-        variable.assign(value.astype(np.float32))
-    call = layer if mode == 'eager' else tf.function(layer, autograph=False)
-
-    out = call(x, training=False).numpy()
-    np.testing.assert_allclose(out, _reference_bn(x, gamma, beta, mean, variance, epsilon),
-                               rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-6)  # inference: no update
-
-    flat = x.reshape(-1, channels)
-    batch_mean, batch_var = flat.mean(0), flat.var(0)
-    out = call(x, training=True).numpy()
-    assert out.shape == x.shape
-    np.testing.assert_allclose(out, _reference_bn(x, gamma, beta, batch_mean, batch_var, epsilon),
-                               rtol=1e-4, atol=1e-4)
-    # Moving averages move towards the batch mean and the unbiased batch variance (slim's fused).
-    unbiased = flat.var(0, ddof=1)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), decay * mean + (1 - decay) * batch_mean,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(layer.moving_variance.numpy(),
-                               decay * variance + (1 - decay) * unbiased, rtol=1e-5, atol=1e-6)
-
-
-def test_batch_norm_gradients_match_keras():
-    # Keras' own BatchNormalization is the reference for the backward pass (same formula).
-    rng = np.random.RandomState(3)
-    x = tf.constant(rng.randn(8, 3, 2, 4).astype(np.float32))
-    ours = layers.BatchNorm(epsilon=1e-3)
-    theirs = keras.layers.BatchNormalization(epsilon=1e-3)
-    weights = rng.randn(8, 3, 2, 4).astype(np.float32)
-    grads = []
-    for layer in (ours, theirs):
-        layer.build(x.shape)
-        layer.gamma.assign(np.linspace(0.5, 2, 4).astype(np.float32))
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x, training=True) * weights)
-        grads.append(tape.gradient(loss, [x, layer.gamma, layer.beta]))
-    for g_ours, g_theirs in zip(*grads, strict=True):
-        np.testing.assert_allclose(g_ours.numpy(), g_theirs.numpy(), rtol=1e-3, atol=1e-4)
-
-
-def test_batch_norm_frozen_layer_uses_moving_averages():
-    layer = layers.BatchNorm()
-    x = np.random.RandomState(4).randn(4, 3).astype(np.float32) + 5
-    layer.build(x.shape)
-    layer.trainable = False
-    out = layer(x, training=True).numpy()
-    np.testing.assert_allclose(out, x / np.sqrt(1 + 1e-5), rtol=1e-4)
-    np.testing.assert_array_equal(layer.moving_mean.numpy(), np.zeros(3))
-
-
-def test_batch_norm_weights_are_named_as_slim():
-    layer = layers.BatchNorm(name='conv1.BatchNorm')
-    layer.build((2, 3))
-    names = sorted(v.path.split('/')[-1] for v in layer.weights)
-    assert names == ['beta', 'gamma', 'moving_mean', 'moving_variance']
-    assert [v.path.split('/')[-1] for v in layer.trainable_weights] == ['gamma', 'beta']
+    assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, statistics, strict=True))
