@@ -9,6 +9,7 @@
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -37,19 +38,25 @@ parser.add_argument('--use_market_ap', action='store_true', default=False,
 parser.add_argument('--batch_size', default=256, type=common.positive_int,
                     help='Queries scored at once; memory is about 40 x batch_size x gallery bytes.')
 
+# A batch of queries holds about 40 bytes per distance: this bounds it to ~640 MiB (both threads),
+# whatever the gallery size.
+BATCH_ENTRIES = 2**23
+
 
 # ----------------------------------------------------------------------------- the definition
 def evaluate_loop(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndarray,
                   gallery_pids: np.ndarray, gallery_fids: np.ndarray, gallery_embs: np.ndarray,
-                  excluder, metric: str = 'euclidean', market_ap: bool = False) -> dict:
+                  excluder, metric: str = 'euclidean', market_ap: bool = False,
+                  distances: Callable[[slice], np.ndarray] | None = None) -> dict:
     """The straightforward per-query evaluation: slow, but obviously right.
 
     `evaluate` computes the same numbers in query batches, without sorting whole rows; the
     tests and benchmarks/evaluate_speed.py compare the two. Arguments and result as `evaluate`.
     """
+    distances = distances or plain_distances(query_embs, gallery_embs, metric)
     aps, first_ranks, inps = np.full(len(query_pids), np.nan), [], []
     for i in range(len(query_pids)):
-        dists = loss.cdist(query_embs[i:i + 1], gallery_embs, metric)[0]
+        dists = distances(slice(i, i + 1))[0]
         keep = ~excluder(query_fids[i:i + 1])[0]
         dists, labels = dists[keep], gallery_pids[keep] == query_pids[i]
         if not labels.any():
@@ -83,7 +90,8 @@ def _summary(aps: np.ndarray, first_ranks: np.ndarray, inps: np.ndarray, gallery
 def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndarray,
              gallery_pids: np.ndarray, gallery_fids: np.ndarray, gallery_embs: np.ndarray,
              excluder, metric: str = 'euclidean', market_ap: bool = False,
-             batch_size: int = 256) -> dict:
+             batch_size: int = 256,
+             distances: Callable[[slice], np.ndarray] | None = None) -> dict:
     """mAP, CMC and mINP of the queries (Q,) against the gallery (G,), in batches of queries.
 
     Args:
@@ -92,7 +100,10 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
         excluder: an excluders.*.Excluder built on the gallery fids.
         metric: one of loss.METRICS.
         market_ap: the Market-1501 MATLAB trapezoid AP instead of scikit-learn's.
-        batch_size: queries at once; memory grows with batch_size x G.
+        batch_size: queries at once; memory grows with batch_size x G. Fewer where G is so
+            large that a batch would pass BATCH_ENTRIES distances.
+        distances: a function from a slice of queries to their (B, G) float64 distances, e.g.
+            a rerank.Reranker; by default `metric` distances of the embeddings.
 
     Returns:
         {'mAP': float, 'mINP': float, 'CMC': list (G,), 'aps': list (Q,) with None for queries
@@ -104,6 +115,8 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     as high (score 1/(1+d)). Both only need, per match, counts of the entries ahead of it: a
     few comparison passes over the row instead of sorting the whole gallery.
     """
+    distances = distances or plain_distances(query_embs, gallery_embs, metric)
+    batch_size = max(1, min(batch_size, BATCH_ENTRIES // max(1, len(gallery_pids))))
     codes = {pid: code for code, pid in enumerate(np.unique(np.r_[query_pids, gallery_pids]))}
     query_codes = np.array([codes[pid] for pid in query_pids])
     gallery_codes = np.array([codes[pid] for pid in gallery_pids])
@@ -111,7 +124,7 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     def score_batch(start: int) -> list[tuple[int, float, int, float]]:
         """(query, AP, first rank, INP) of each query of the batch that has a match."""
         batch = slice(start, start + batch_size)
-        dists = loss.cdist(query_embs[batch], gallery_embs, metric)  # (B, G)
+        dists = distances(batch)  # (B, G)
         valid = ~excluder(query_fids[batch])
         matches = valid & (query_codes[batch, None] == gallery_codes[None, :])
         dists[~valid] = np.inf  # an ignored entry is never ahead of a match
@@ -156,6 +169,21 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     else:
         first_ranks, inps = np.zeros(0, int), np.zeros(0)
     return _summary(aps, first_ranks.astype(int), inps, len(gallery_pids))
+
+
+def plain_distances(query_embs: np.ndarray, gallery_embs: np.ndarray,
+                    metric: str) -> Callable[[slice], np.ndarray]:
+    """The function from a slice of queries to their (B, G) `metric` distances."""
+    return lambda batch: loss.cdist(query_embs[batch], gallery_embs, metric)
+
+
+def always_ignored(excluder, query_fids: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """(G,) bool: the gallery entries the excluder ignores for every query (junk)."""
+    ignored = None
+    for start in range(0, len(query_fids), batch_size):
+        mask = excluder(query_fids[start:start + batch_size]).all(axis=0)
+        ignored = mask if ignored is None else ignored & mask
+    return ignored
 
 
 def _stable_ranks(dists: np.ndarray, hits: np.ndarray) -> np.ndarray:
