@@ -203,7 +203,8 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
 def plain_distances(query_embs: np.ndarray, gallery_embs: np.ndarray,
                     metric: str) -> Callable[[slice], np.ndarray]:
     """The function from a slice of queries to their (B, G) `metric` distances."""
-    return lambda batch: loss.cdist(query_embs[batch], gallery_embs, metric)
+    to_gallery = loss.cdist_to(gallery_embs, metric)
+    return lambda batch: to_gallery(query_embs[batch])
 
 
 def always_ignored(excluder, query_fids: np.ndarray, batch_size: int = 256) -> np.ndarray:
