@@ -40,8 +40,11 @@ def dense_re_ranking(q_g, q_q, g_g, k1, k2, lambda_value):
     if k2 != 1:
         v = np.stack([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
     jaccard = np.zeros((queries, n), np.float32)
+    holders = [np.flatnonzero(column) for column in v.T]  # the rows with weight on image k
     for i in range(queries):
-        overlap = np.minimum(v[i][None, :], v).sum(axis=1)  # zeros add nothing
+        overlap = np.zeros(n, np.float32)  # sum over k of min(v[i, k], v[j, k])
+        for k in np.flatnonzero(v[i]):
+            overlap[holders[k]] += np.minimum(v[i, k], v[holders[k], k])
         jaccard[i] = 1 - overlap / (2 - overlap)
     final = jaccard * (1 - lambda_value) + full[:queries] * lambda_value
     return final[:, queries:]
