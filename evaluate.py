@@ -144,22 +144,28 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     as high (score 1/(1+d)). Both only need, per match, counts of the entries ahead of it: a
     few comparison passes over the row instead of sorting the whole gallery.
     """
+    distances = distances or plain_distances(query_embs, gallery_embs, metric)
     batch_size = max(1, min(batch_size, BATCH_ENTRIES // max(1, len(gallery_pids))))
     codes = {pid: code for code, pid in enumerate(np.unique(np.r_[query_pids, gallery_pids]))}
     query_codes = np.array([codes[pid] for pid in query_pids])
     gallery_codes = np.array([codes[pid] for pid in gallery_pids])
-    if distances is None and metric in ('euclidean', 'sqeuclidean'):
-        nearer = _Float32Nearer(query_embs, gallery_embs, metric)
-    else:
-        nearer = _Nearer(distances or plain_distances(query_embs, gallery_embs, metric))
 
     def score_batch(start: int) -> list[tuple[int, float, int, float]]:
         """(query, AP, first rank, INP) of each query of the batch that has a match."""
         batch = slice(start, start + batch_size)
+        dists = distances(batch)  # (B, G)
         valid = ~excluder(query_fids[batch])
         matches = valid & (query_codes[batch, None] == gallery_codes[None, :])
+        dists[~valid] = np.inf  # an ignored entry is never ahead of a match
         results = []
-        for row, near_dists, hits in nearer(batch, valid, matches):
+        for row in np.flatnonzero(matches.any(axis=1)):
+            # Entries farther than the farthest match are never ahead of one: count among the
+            # nearer ones only (in gallery order). The small margin keeps those whose score
+            # 1/(1+d) rounds to that of the farthest match.
+            farthest = dists[row, matches[row]].max()
+            near = np.flatnonzero(dists[row] <= farthest + 1e-9 * (1 + farthest))
+            near_dists = dists[row, near]
+            hits = np.flatnonzero(matches[row, near])  # positions in `near`
             if market_ap:
                 ranks = np.sort(_stable_ranks(near_dists, hits))
                 n = np.arange(1, len(hits) + 1)
@@ -192,80 +198,6 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     else:
         first_ranks, inps = np.zeros(0, int), np.zeros(0)
     return _summary(aps, first_ranks.astype(int), inps, len(gallery_pids))
-
-
-class _Nearer:
-    """For each query of a batch with a match: the distances of the entries that may be ahead
-    of a match, in gallery order, and the positions of the matches among them.
-
-    Entries farther than the farthest match are never ahead of one: the counting looks at the
-    nearer ones only. The small margin keeps those whose score 1/(1+d) rounds to that of the
-    farthest match.
-    """
-
-    def __init__(self, distances: Callable[[slice], np.ndarray]):
-        self.distances = distances
-
-    def __call__(self, batch: slice, valid: np.ndarray, matches: np.ndarray):
-        dists = self.distances(batch)  # (B, G)
-        dists[~valid] = np.inf  # an ignored entry is never ahead of a match
-        for row in np.flatnonzero(matches.any(axis=1)):
-            farthest = dists[row, matches[row]].max()
-            near = np.flatnonzero(dists[row] <= farthest + 1e-9 * (1 + farthest))
-            yield row, dists[row, near], np.flatnonzero(matches[row, near])
-
-
-class _Float32Nearer(_Nearer):
-    """The same for (squared) euclidean distances, from a float32 matrix product.
-
-    A float32 product is 3x faster than float64 but off by up to `bound` (below); where that
-    could change a comparison with a match, the float64 value is computed. Matches always get
-    their float64 distance, and an entry whose float32 squared distance is farther than the
-    bound from every match's compares with each match as its float64 value does, so ranks,
-    scores and ties come out as from float64 distances.
-    """
-
-    def __init__(self, query_embs: np.ndarray, gallery_embs: np.ndarray, metric: str):
-        self.metric = metric
-        self.query = np.hstack([-2.0 * query_embs.astype(np.float64),
-                                np.square(query_embs.astype(np.float64)).sum(1, keepdims=True),
-                                np.ones((len(query_embs), 1))])  # (Q, D + 2)
-        gallery = gallery_embs.astype(np.float64)
-        self.gallery = np.hstack([gallery, np.ones((len(gallery), 1)),
-                                  np.square(gallery).sum(1, keepdims=True)])  # (G, D + 2)
-        self.gallery32_t = np.ascontiguousarray(self.gallery.T.astype(np.float32))
-        # A float32 dot product of length n is off by at most about n * 2^-24 times the sum of
-        # the products' magnitudes, here at most (|q| + |g|)^2; twice that, rounding included.
-        norms = np.sqrt(self.query[:, -2])
-        self.bound = 2 * (query_embs.shape[1] + 5) * 2.0**-24 * (
-            norms + np.sqrt(self.gallery[:, -1].max(initial=0))) ** 2
-
-    def exact(self, row: int, columns: np.ndarray) -> np.ndarray:
-        """float64 squared distances of query `row` to the gallery `columns`, as in loss.cdist."""
-        return np.maximum(self.gallery[columns] @ self.query[row], 0.0)
-
-    def metric_of(self, squared: np.ndarray) -> np.ndarray:
-        return squared if self.metric == 'sqeuclidean' else np.sqrt(squared + 1e-12)
-
-    def __call__(self, batch: slice, valid: np.ndarray, matches: np.ndarray):
-        squared = self.query[batch].astype(np.float32) @ self.gallery32_t  # (B, G) float32
-        squared[~valid] = np.inf
-        bounds, offset = self.bound[batch], batch.start
-        for row in np.flatnonzero(matches.any(axis=1)):
-            columns = np.flatnonzero(matches[row])
-            hit_exact = self.exact(offset + row, columns)
-            hit_squared = np.sort(hit_exact)
-            near = np.flatnonzero((squared[row] <= hit_squared[-1] + bounds[row]) | matches[row])
-            near_squared = np.maximum(squared[row, near].astype(np.float64), 0.0)
-            # Entries within the bound of some match: their order against it needs float64.
-            at = np.searchsorted(hit_squared, near_squared)
-            gap = np.minimum(np.abs(near_squared - hit_squared[np.minimum(at, len(columns) - 1)]),
-                             np.abs(near_squared - hit_squared[np.maximum(at - 1, 0)]))
-            unsure = np.flatnonzero(gap <= bounds[row])
-            near_squared[unsure] = self.exact(offset + row, near[unsure])
-            hits = np.searchsorted(near, columns)  # positions of the matches in `near`
-            near_squared[hits] = hit_exact
-            yield row, self.metric_of(near_squared), hits
 
 
 def plain_distances(query_embs: np.ndarray, gallery_embs: np.ndarray,
