@@ -5,11 +5,15 @@
         --query_dataset data/market1501_query.csv --query_embeddings exp/query.h5 \\
         --gallery_dataset data/market1501_test.csv --gallery_embeddings exp/test.h5 \\
         --metric euclidean --filename exp/market1501_evaluation.json
+
+Optionally, in this order: multi-query pooling (--multi_query), average query expansion
+(--aqe) and k-reciprocal re-ranking (--rerank).
 """
 import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from sklearn.metrics import average_precision_score
 import common
 import experiment
 import loss
+import rerank
 from model import import_plugin, plugin_names
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -40,6 +45,35 @@ parser.add_argument('--use_market_ap', action='store_true', default=False,
                          "of scikit-learn's average_precision_score.")
 parser.add_argument('--batch_size', default=256, type=common.positive_int,
                     help='Queries scored at once; memory is about 40 x batch_size x gallery bytes.')
+parser.add_argument('--rerank', action='store_true', default=False,
+                    help='k-reciprocal re-ranking (Zhong et al., CVPR 2017), exactly as their\n'
+                         'published Python version, in bounded memory.')
+parser.add_argument('--k1', type=common.positive_int, default=None,
+                    help='re-ranking: size of the k-reciprocal neighbourhood (default: 20).')
+parser.add_argument('--k2', type=common.positive_int, default=None,
+                    help='re-ranking: neighbours of the local query expansion, at most k1\n'
+                         '(default: 6; 1 turns it off).')
+parser.add_argument('--lambda_value', type=float, default=None,
+                    help='re-ranking: weight of the original distance against the Jaccard\n'
+                         'distance, in [0, 1] (default: 0.3).')
+parser.add_argument('--aqe', type=common.positive_int, default=None, metavar='K',
+                    help='average query expansion: each query becomes the mean of itself and its\n'
+                         'K nearest gallery entries that the excluder keeps.')
+parser.add_argument('--aqe_alpha', type=float, default=None,
+                    help='alpha-weighted query expansion: neighbours weigh max(cosine, 0)^alpha,\n'
+                         'the query 1 (fast-reid uses 3).')
+parser.add_argument('--multi_query', choices=('mean', 'max'), default=None,
+                    help='multi-query: each query becomes the mean or max of the embeddings of\n'
+                         'all images of its identity and camera in --multi_query_dataset.')
+parser.add_argument('--multi_query_dataset', default=None,
+                    help='CSV of the images pooled for multi-query (Market-1501: gt_bbox).')
+parser.add_argument('--multi_query_embeddings', default=None,
+                    help='HDF5 file with the embeddings of --multi_query_dataset.')
+RERANK_DEFAULTS = {'k1': 20, 'k2': 6, 'lambda_value': 0.3}
+
+# A batch of queries holds about 40 bytes per distance: this bounds it to ~640 MiB (both threads),
+# whatever the gallery size.
+BATCH_ENTRIES = 2**23
 group = parser.add_argument_group('results page', 'A folder with index.html and pictures.')
 group.add_argument('--report', default=None, metavar='DIR',
                    help='Write the results page into DIR: summary, CMC curve, AP histogram and\n'
@@ -60,15 +94,17 @@ group.add_argument('--image_root', default=None,
 # ----------------------------------------------------------------------------- the definition
 def evaluate_loop(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndarray,
                   gallery_pids: np.ndarray, gallery_fids: np.ndarray, gallery_embs: np.ndarray,
-                  excluder, metric: str = 'euclidean', market_ap: bool = False) -> dict:
+                  excluder, metric: str = 'euclidean', market_ap: bool = False,
+                  distances: Callable[[slice], np.ndarray] | None = None) -> dict:
     """The straightforward per-query evaluation: slow, but obviously right.
 
     `evaluate` computes the same numbers in query batches, without sorting whole rows; the
     tests and benchmarks/evaluate_speed.py compare the two. Arguments and result as `evaluate`.
     """
+    distances = distances or plain_distances(query_embs, gallery_embs, metric)
     aps, first_ranks, inps = np.full(len(query_pids), np.nan), [], []
     for i in range(len(query_pids)):
-        dists = loss.cdist(query_embs[i:i + 1], gallery_embs, metric)[0]
+        dists = distances(slice(i, i + 1))[0]
         keep = ~excluder(query_fids[i:i + 1])[0]
         dists, labels = dists[keep], gallery_pids[keep] == query_pids[i]
         if not labels.any():
@@ -102,7 +138,8 @@ def _summary(aps: np.ndarray, first_ranks: np.ndarray, inps: np.ndarray, gallery
 def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndarray,
              gallery_pids: np.ndarray, gallery_fids: np.ndarray, gallery_embs: np.ndarray,
              excluder, metric: str = 'euclidean', market_ap: bool = False,
-             batch_size: int = 256) -> dict:
+             batch_size: int = 256,
+             distances: Callable[[slice], np.ndarray] | None = None) -> dict:
     """mAP, CMC and mINP of the queries (Q,) against the gallery (G,), in batches of queries.
 
     Args:
@@ -111,7 +148,10 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
         excluder: an excluders.*.Excluder built on the gallery fids.
         metric: one of loss.METRICS.
         market_ap: the Market-1501 MATLAB trapezoid AP instead of scikit-learn's.
-        batch_size: queries at once; memory grows with batch_size x G.
+        batch_size: queries at once; memory grows with batch_size x G. Fewer where G is so
+            large that a batch would pass BATCH_ENTRIES distances.
+        distances: a function from a slice of queries to their (B, G) float64 distances, e.g.
+            a rerank.Reranker; by default `metric` distances of the embeddings.
 
     Returns:
         {'mAP': float, 'mINP': float, 'CMC': list (G,), 'aps': list (Q,) with None for queries
@@ -123,6 +163,8 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     as high (score 1/(1+d)). Both only need, per match, counts of the entries ahead of it: a
     few comparison passes over the row instead of sorting the whole gallery.
     """
+    distances = distances or plain_distances(query_embs, gallery_embs, metric)
+    batch_size = max(1, min(batch_size, BATCH_ENTRIES // max(1, len(gallery_pids))))
     codes = {pid: code for code, pid in enumerate(np.unique(np.r_[query_pids, gallery_pids]))}
     query_codes = np.array([codes[pid] for pid in query_pids])
     gallery_codes = np.array([codes[pid] for pid in gallery_pids])
@@ -130,7 +172,7 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     def score_batch(start: int) -> list[tuple[int, float, int, float]]:
         """(query, AP, first rank, INP) of each query of the batch that has a match."""
         batch = slice(start, start + batch_size)
-        dists = loss.cdist(query_embs[batch], gallery_embs, metric)  # (B, G)
+        dists = distances(batch)  # (B, G)
         valid = ~excluder(query_fids[batch])
         matches = valid & (query_codes[batch, None] == gallery_codes[None, :])
         dists[~valid] = np.inf  # an ignored entry is never ahead of a match
@@ -177,6 +219,22 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     return _summary(aps, first_ranks.astype(int), inps, len(gallery_pids))
 
 
+def plain_distances(query_embs: np.ndarray, gallery_embs: np.ndarray,
+                    metric: str) -> Callable[[slice], np.ndarray]:
+    """The function from a slice of queries to their (B, G) `metric` distances."""
+    to_gallery = loss.cdist_to(gallery_embs, metric)
+    return lambda batch: to_gallery(query_embs[batch])
+
+
+def always_ignored(excluder, query_fids: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """(G,) bool: the gallery entries the excluder ignores for every query (junk)."""
+    ignored = None
+    for start in range(0, len(query_fids), batch_size):
+        mask = excluder(query_fids[start:start + batch_size]).all(axis=0)
+        ignored = mask if ignored is None else ignored & mask
+    return ignored
+
+
 def _stable_ranks(dists: np.ndarray, hits: np.ndarray) -> np.ndarray:
     """0-based positions of the entries `hits` of `dists` (G,) after a stable sort.
 
@@ -202,6 +260,99 @@ def summary_line(result: dict) -> str:
     return line
 
 
+# ----------------------------------------------------------------------------- before scoring
+def check_options(args: argparse.Namespace) -> dict:
+    """What runs besides plain scoring, with its parameters; bad combinations are InputErrors."""
+    given = [f'--{name}' for name in RERANK_DEFAULTS if getattr(args, name) is not None]
+    if given and not args.rerank:
+        raise common.InputError(f'{" ".join(given)} only apply with --rerank')
+    if args.aqe_alpha is not None and args.aqe is None:
+        raise common.InputError('--aqe_alpha only applies with --aqe K')
+    files = (args.multi_query_dataset, args.multi_query_embeddings)
+    if args.multi_query and None in files:
+        raise common.InputError(f'--multi_query {args.multi_query} needs both '
+                                '--multi_query_dataset and --multi_query_embeddings')
+    if not args.multi_query and files != (None, None):
+        raise common.InputError('--multi_query_dataset and --multi_query_embeddings need '
+                                '--multi_query mean or max')
+    used = {'multi_query': None, 'aqe': None, 'rerank': None}
+    if args.multi_query:
+        used['multi_query'] = {'pooling': args.multi_query, 'dataset': args.multi_query_dataset}
+    if args.aqe:
+        used['aqe'] = {'k': args.aqe, 'alpha': args.aqe_alpha}
+    if args.rerank:
+        used['rerank'] = {name: default if getattr(args, name) is None else getattr(args, name)
+                          for name, default in RERANK_DEFAULTS.items()}
+        if used['rerank']['k2'] > used['rerank']['k1']:
+            raise common.InputError(f"--k2 {used['rerank']['k2']} is larger than --k1 "
+                                    f"{used['rerank']['k1']}")
+        if not 0 <= used['rerank']['lambda_value'] <= 1:
+            raise common.InputError(f"--lambda_value {used['rerank']['lambda_value']} is not in "
+                                    "[0, 1]")
+    return used
+
+
+def pool_queries(query_fids: np.ndarray, query_embs: np.ndarray, pool_fids: np.ndarray,
+                 pool_embs: np.ndarray, excluder, pooling: str) -> tuple[np.ndarray, int]:
+    """Multi-query: each query becomes the mean or max over the pool's images of its identity
+    and camera (Market-1501: its gt_bbox boxes); one without such images keeps its embedding.
+
+    Args:
+        query_fids: (Q,); query_embs: (Q, D); pool_fids: (M,); pool_embs: (M, D).
+        excluder: an excluder with a `parse(fids) -> (pids, cams)` method.
+        pooling: 'mean' or 'max'.
+
+    Returns:
+        (Q, D) pooled embeddings, and how many queries found no images to pool.
+    """
+    if not hasattr(excluder, 'parse'):
+        raise common.InputError('--multi_query pools the images of a query\'s identity and '
+                                'camera: choose an --excluder whose file names have cameras')
+    groups = {}
+    for row, key in enumerate(zip(*excluder.parse(pool_fids), strict=True)):
+        groups.setdefault(key, []).append(row)
+    pooled, alone = query_embs.copy(), 0
+    for row, key in enumerate(zip(*excluder.parse(query_fids), strict=True)):
+        if key in groups:
+            members = pool_embs[groups[key]]
+            pooled[row] = members.mean(0) if pooling == 'mean' else members.max(0)
+        else:
+            alone += 1
+    return pooled, alone
+
+
+def nearest_kept(query_fids: np.ndarray, query_embs: np.ndarray, gallery_embs: np.ndarray,
+                 excluder, metric: str, k: int, batch_size: int = 256) -> np.ndarray:
+    """(Q, k) gallery indices of each query's k nearest entries that the excluder keeps.
+
+    Ignored entries come last, so a query with fewer than k kept entries gets some of them.
+    """
+    batch_size = max(1, min(batch_size, BATCH_ENTRIES // max(1, len(gallery_embs))))
+    out = np.empty((len(query_fids), k), np.int64)
+    for start in range(0, len(query_fids), batch_size):
+        batch = slice(start, start + batch_size)
+        dists = loss.cdist(query_embs[batch], gallery_embs, metric)
+        dists[excluder(query_fids[batch])] = np.inf
+        part = np.argpartition(dists, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(dists, part, 1), axis=1, kind='stable')
+        out[batch] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def describe(used: dict) -> str:
+    """`multi-query mean | AQE K=5 | re-ranking k1=20 k2=6 lambda=0.3`, or '' for none."""
+    parts = []
+    if used['multi_query']:
+        parts.append(f"multi-query {used['multi_query']['pooling']}")
+    if used['aqe']:
+        alpha = used['aqe']['alpha']
+        parts.append(f"AQE K={used['aqe']['k']}" + ('' if alpha is None else f' alpha={alpha:g}'))
+    if used['rerank']:
+        parts.append('re-ranking ' + ' '.join(f'{name.split("_")[0]}={value:g}'
+                                              for name, value in used['rerank'].items()))
+    return ' | '.join(parts)
+
+
 def stored_image_root(embeddings_file: str) -> str | None:
     """The image_root in the args.json beside an embeddings file (an experiment root), if any."""
     args_file = Path(embeddings_file).parent / experiment.ARGS_FILE
@@ -209,11 +360,11 @@ def stored_image_root(embeddings_file: str) -> str | None:
     return root if isinstance(root, str) else None
 
 
-def write_report(args: argparse.Namespace, result: dict, query_pids: np.ndarray,
+def write_report(args: argparse.Namespace, result: dict, used: dict, query_pids: np.ndarray,
                  query_fids: np.ndarray, gallery_pids: np.ndarray, gallery_fids: np.ndarray,
-                 distance_rows, excluder) -> None:
+                 distance_rows: Callable, excluder) -> None:
     """The results page of --report; `distance_rows(query indices)` gives the distances that
-    the evaluation used."""
+    the evaluation used (re-ranked, or of the expanded or pooled queries)."""
     import report
     image_root = args.image_root or stored_image_root(args.query_embeddings) or '.'
     split = {'query': (query_pids, query_fids), 'gallery': (gallery_pids, gallery_fids)}
@@ -224,7 +375,8 @@ def write_report(args: argparse.Namespace, result: dict, query_pids: np.ndarray,
                'AP': 'Market-1501 MATLAB' if args.use_market_ap else 'scikit-learn',
                'queries': len(query_pids), 'gallery': len(gallery_pids),
                'query embeddings': args.query_embeddings,
-               'gallery embeddings': args.gallery_embeddings, 'images': image_root}
+               'gallery embeddings': args.gallery_embeddings, 'images': image_root,
+               'options': describe(used) or 'none'}
     try:
         index = report.write_report(
             args.report, result, splits['query'], splits['gallery'], distance_rows,
@@ -238,23 +390,47 @@ def write_report(args: argparse.Namespace, result: dict, query_pids: np.ndarray,
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     args = parser.parse_args()
+    used = check_options(args)
     query_pids, query_fids = common.load_dataset(args.query_dataset)
     gallery_pids, gallery_fids = common.load_dataset(args.gallery_dataset)
     query_embs = common.load_embeddings(args.query_embeddings)
     gallery_embs = common.load_embeddings(args.gallery_embeddings)
-    for name, fids, embs, csv_file in (
-            ('query', query_fids, query_embs, args.query_dataset),
-            ('gallery', gallery_fids, gallery_embs, args.gallery_dataset)):
+    inputs = [('query', query_fids, query_embs, args.query_dataset),
+              ('gallery', gallery_fids, gallery_embs, args.gallery_dataset)]
+    if args.multi_query:
+        pool_fids = common.load_dataset(args.multi_query_dataset)[1]
+        pool_embs = common.load_embeddings(args.multi_query_embeddings)
+        inputs.append(('multi-query', pool_fids, pool_embs, args.multi_query_dataset))
+    for name, fids, embs, csv_file in inputs:
         if len(fids) != len(embs):
             raise common.InputError(f'{csv_file} has {len(fids)} rows but the {name} embeddings '
                                     f'have {len(embs)}: were they computed from another CSV?')
-    if query_embs.shape[1] != gallery_embs.shape[1]:
-        raise common.InputError(f'query embeddings are {query_embs.shape[1]}-D but gallery '
-                                f'embeddings are {gallery_embs.shape[1]}-D')
+        if embs.shape[1] != query_embs.shape[1]:
+            raise common.InputError(f'query embeddings are {query_embs.shape[1]}-D but {name} '
+                                    f'embeddings are {embs.shape[1]}-D')
     excluder = import_plugin('excluders', args.excluder).Excluder(gallery_fids)
 
+    # Multi-query pooling, query expansion and re-ranking, in this order.
+    if args.multi_query:
+        query_embs, alone = pool_queries(query_fids, query_embs, pool_fids, pool_embs, excluder,
+                                         args.multi_query)
+        used['multi_query']['queries_without_images'] = alone
+    if args.aqe:
+        if args.aqe > len(gallery_fids):
+            raise common.InputError(f'--aqe {args.aqe} is more than the {len(gallery_fids)} '
+                                    'gallery images')
+        neighbours = nearest_kept(query_fids, query_embs, gallery_embs, excluder, args.metric,
+                                  args.aqe, args.batch_size)
+        query_embs = rerank.expand_queries(query_embs, gallery_embs, neighbours, args.aqe_alpha)
+    distances = None
+    if args.rerank:
+        # Junk (ignored for every query) takes no part, as the datasets' usual loaders drop it.
+        keep = ~always_ignored(excluder, query_fids, args.batch_size)
+        distances = rerank.Reranker(query_embs, gallery_embs, args.metric, **used['rerank'],
+                                    keep=keep)
+
     result = evaluate(query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs,
-                      excluder, args.metric, args.use_market_ap, args.batch_size)
+                      excluder, args.metric, args.use_market_ap, args.batch_size, distances)
 
     unmatched = [fid for fid, ap in zip(query_fids, result['aps'], strict=True) if ap is None]
     if unmatched:
@@ -263,13 +439,13 @@ def main() -> None:
             names += f' and {len(unmatched) - 10} more'
         print(f'warning: {len(unmatched)} of {len(query_fids)} queries have no valid match in the '
               f'gallery and are left out of mAP and CMC: {names}', file=sys.stderr)
-    print(summary_line(result))
+    print(' | '.join(filter(None, [summary_line(result), describe(used)])))
     if args.report:
-        write_report(args, result, query_pids, query_fids, gallery_pids, gallery_fids,
-                     lambda rows: loss.cdist(query_embs[rows], gallery_embs, args.metric),
+        write_report(args, result, used, query_pids, query_fids, gallery_pids, gallery_fids,
+                     distances or plain_distances(query_embs, gallery_embs, args.metric),
                      excluder)
     if args.filename:
-        result.update(args=vars(args), unmatched_queries=unmatched)
+        result.update(args=vars(args), unmatched_queries=unmatched, **used)
         with common.atomic_write(args.filename) as tmp, open(tmp, 'w') as f:
             json.dump(result, f)
 

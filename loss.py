@@ -32,22 +32,39 @@ def cdist(a, b, metric: str = 'euclidean'):
 
 
 def _cdist_numpy(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    return cdist_to(b, metric)(a)
+
+
+def cdist_to(b: np.ndarray, metric: str = 'euclidean'):
+    """The NumPy `cdist(., b, metric)` as a function of `a`, with b's part prepared once.
+
+    Evaluation calls it for many query batches against one large gallery: preparing the
+    gallery's (N, D + 2) float64 matrix once saves a pass over it per batch.
+    """
+    b = np.asarray(b, np.float64)
     if metric == 'cityblock':
-        out = np.empty((len(a), len(b)))
-        rows = max(1, 2**24 // max(1, b.size))  # bounds the (rows, N, D) temporary to 128 MiB
-        for start in range(0, len(a), rows):
-            out[start:start + rows] = np.abs(a[start:start + rows, None] - b[None]).sum(-1)
-        return out
+        def distances(a):
+            a = np.asarray(a, np.float64)
+            out = np.empty((len(a), len(b)))
+            rows = max(1, 2**24 // max(1, b.size))  # bounds the (rows, N, D) temporary: 128 MiB
+            for start in range(0, len(a), rows):
+                out[start:start + rows] = np.abs(a[start:start + rows, None] - b[None]).sum(-1)
+            return out
+        return distances
     # One matrix product gives |a|^2 + |b|^2 - 2ab, leaving few passes over the (M, N) result,
     # the largest array of an evaluation. Integer embeddings stay exact, so their ties are
     # ties whichever way the product is blocked.
-    squared = (np.hstack([-2.0 * a, (a * a).sum(1, keepdims=True), np.ones((len(a), 1))])
-               @ np.hstack([b, np.ones((len(b), 1)), (b * b).sum(1, keepdims=True)]).T)
-    np.maximum(squared, 0.0, out=squared)  # rounding can make identical rows slightly negative
-    if metric == 'sqeuclidean':
-        return squared
-    squared += 1e-12
-    return np.sqrt(squared, out=squared)
+    right = np.hstack([b, np.ones((len(b), 1)), (b * b).sum(1, keepdims=True)]).T
+
+    def distances(a):
+        a = np.asarray(a, np.float64)
+        squared = np.hstack([-2.0 * a, (a * a).sum(1, keepdims=True), np.ones((len(a), 1))]) @ right
+        np.maximum(squared, 0.0, out=squared)  # rounding can make identical rows slightly negative
+        if metric == 'sqeuclidean':
+            return squared
+        squared += 1e-12
+        return np.sqrt(squared, out=squared)
+    return distances
 
 
 # ----------------------------------------------------------------------------- triplet losses

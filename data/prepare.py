@@ -11,6 +11,7 @@ subcommands recreate those files byte for byte.
 """
 import argparse
 import csv
+import os
 import re
 import sys
 from collections import defaultdict
@@ -40,8 +41,13 @@ def add_dataset(name: str, description: str) -> argparse.ArgumentParser:
     return sub
 
 
-add_dataset('market1501', 'Market-1501: bounding_box_train, query, bounding_box_test -> '
-            'market1501_{train,query,test}.csv.')
+market = add_dataset('market1501', 'Market-1501: bounding_box_train, query, bounding_box_test -> '
+                     'market1501_{train,query,test}.csv; gt_bbox (hand-drawn boxes, for '
+                     'multi-query) -> market1501_gt_bbox.csv.')
+market.add_argument('--distractors', type=Path, default=None,
+                    help='the folder of the Market-1501 500k distractors (distractors_500k/, '
+                         'images anywhere below it, named like Market-1501 images): also write '
+                         'market1501_test_500k.csv, the test list followed by them')
 add_dataset('duke', 'DukeMTMC-reID: bounding_box_train, query, bounding_box_test -> '
             'duke_{train,query,test}.csv.')
 add_dataset('msmt17', 'MSMT17 (V1 or V2): list_{train,val,query,gallery}.txt with images under '
@@ -149,6 +155,30 @@ def market_like(root: Path, prefix: str, pattern: re.Pattern, what: str,
     return {f'{prefix}_{split}': parse_pids(list_images(root, sub), pattern, what, skip)
             for split, sub in (('train', 'bounding_box_train'), ('query', 'query'),
                                ('test', 'bounding_box_test'))}
+
+
+def market_extras(root: Path, distractors: Path | None, test: list[tuple[str, str]],
+                  skip: bool) -> dict[str, list[tuple[str, str]]]:
+    """market1501_gt_bbox (when the folder is there) and, with distractors, market1501_test_500k.
+
+    Distractor paths are relative to root like every other path, with '..' if the folder lies
+    outside it; their names must parse as Market-1501 names for the evaluation's excluder.
+    """
+    tables = {}
+    if (root / 'gt_bbox').is_dir():
+        tables['market1501_gt_bbox'] = parse_pids(list_images(root, 'gt_bbox'), MARKET_PATTERN,
+                                                  '0001_c1s1_001051_00.jpg', skip)
+    else:
+        print(f'{root}/gt_bbox is missing: market1501_gt_bbox.csv is not written', file=sys.stderr)
+    if distractors is not None:
+        if not distractors.is_dir():
+            raise common.InputError(f'--distractors {distractors} is not a folder')
+        relative = Path(os.path.relpath(distractors.resolve(), root.resolve())).as_posix()
+        fids = [f'{relative}/{p.relative_to(distractors).as_posix()}'
+                for p in sorted(distractors.rglob('*')) if p.is_file() and is_image(p)]
+        tables['market1501_test_500k'] = test + parse_pids(fids, MARKET_PATTERN,
+                                                           '0000_c1s1_000000_00.jpg', skip)
+    return tables
 
 
 def read_msmt17_list(root: Path, list_name: str, image_dir: str,
@@ -297,6 +327,7 @@ def main() -> None:
 
     if args.dataset == 'market1501':
         tables = market_like(root, 'market1501', MARKET_PATTERN, '0001_c1s1_000151_01.jpg', skip)
+        tables.update(market_extras(root, args.distractors, tables['market1501_test'], skip))
     elif args.dataset == 'duke':
         tables = market_like(root, 'duke', DUKE_PATTERN, '0001_c2_f0046182.jpg', skip)
     elif args.dataset == 'cuhk03':

@@ -17,6 +17,8 @@ RUNS = {
                         '--batch_size', '4', '--images', '8', '--rounds', '1'],
                        r'pipeline / bare throughput = \d+\.\d+'),
     'evaluate_speed.py': (['--loop_queries', '2'], r'(.*evaluate +\d+\.\d\d s .*faster.*\n){4}'),
+    'rerank_speed.py': (['--small', '40', '160', '--no_market'],
+                        r'ours \d+\.\d s, peak \d+ MiB.*dense \d+\.\d s'),
     'trinet_speed.py': (['--batch_size', '1', '--steps', '1'], r'network: \d+\.\d+ images/s'),
 }
 

@@ -265,3 +265,83 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, breaker):
     assert 'Traceback' not in done.stderr
     assert done.stderr.count('\n') == 1 and done.stderr.startswith('evaluate.py: error: ')
     assert expected in done.stderr
+
+
+# ----------------------------------------------------------------------------- beyond 2017
+def test_aqe_equals_direct_expansion():
+    """--aqe K: each query is the mean of itself and its K nearest kept gallery entries."""
+    rng = np.random.default_rng(10)
+    query_pids, query_fids, gallery_pids, gallery_fids = toy_market(rng)
+    query_embs = embeddings(rng, query_pids, 'random')
+    gallery_embs = embeddings(rng, gallery_pids, 'random')
+    excluder = market1501.Excluder(gallery_fids)
+    for alpha in (None, 2.0):
+        neighbours = evaluate.nearest_kept(query_fids, query_embs, gallery_embs, excluder,
+                                           'euclidean', 4, batch_size=7)
+        got = evaluate.rerank.expand_queries(query_embs, gallery_embs, neighbours, alpha)
+        ignored = excluder(query_fids)
+        for q in range(len(query_fids)):
+            dists = np.linalg.norm(gallery_embs.astype(float) - query_embs[q], axis=1)
+            dists[ignored[q]] = np.inf
+            found = gallery_embs[np.argsort(dists, kind='stable')[:4]].astype(float)
+            cos = found @ query_embs[q] / np.linalg.norm(found, axis=1) / np.linalg.norm(
+                query_embs[q])
+            weights = np.ones(4) if alpha is None else np.maximum(cos, 0) ** alpha
+            want = (query_embs[q] + weights @ found) / (1 + weights.sum())
+            np.testing.assert_allclose(got[q], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('pooling', ['mean', 'max'])
+def test_multi_query_pools_identity_and_camera(pooling):
+    query_fids = np.array(['query/0001_c1s1_000101_00.jpg', 'query/0002_c3s1_000102_00.jpg',
+                           'query/0003_c2s1_000103_00.jpg'])
+    pool_fids = np.array(['gt_bbox/0001_c1s1_000101_00.jpg', 'gt_bbox/0001_c1s2_000301_00.jpg',
+                          'gt_bbox/0001_c2s1_000401_00.jpg', 'gt_bbox/0002_c3s1_000102_00.jpg'])
+    rng = np.random.default_rng(11)
+    query_embs, pool_embs = rng.normal(size=(3, 4)), rng.normal(size=(4, 4))
+    excluder = market1501.Excluder(pool_fids)
+    pooled, alone = evaluate.pool_queries(query_fids, query_embs, pool_fids, pool_embs, excluder,
+                                          pooling)
+    reduce = np.mean if pooling == 'mean' else np.max
+    np.testing.assert_allclose(pooled[0], reduce(pool_embs[:2], axis=0))  # camera 1 only
+    np.testing.assert_allclose(pooled[1], pool_embs[3])
+    np.testing.assert_allclose(pooled[2], query_embs[2])  # no box of 0003 in camera 2: itself
+    assert alone == 1
+    with pytest.raises(common.InputError, match='--excluder whose file names have cameras'):
+        evaluate.pool_queries(query_fids, query_embs, pool_fids, pool_embs,
+                              diagonal.Excluder(pool_fids), pooling)
+
+
+def test_cli_rerank_aqe_multi_query_recorded(tmp_path):
+    rng = np.random.default_rng(12)
+    paths = write_split(tmp_path, rng)
+    out = tmp_path / 'result.json'
+    extra = ['--rerank', '--k1=8', '--k2=3', '--aqe=2', '--aqe_alpha=3', '--multi_query=max',
+             f'--multi_query_dataset={paths["query_dataset"]}',
+             f'--multi_query_embeddings={paths["query_embeddings"]}', f'--filename={out}']
+    done = run_cli(paths, *extra)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith(
+        '| multi-query max | AQE K=2 alpha=3 | re-ranking k1=8 k2=3 lambda=0.3')
+    result = json.loads(out.read_text())
+    assert result['rerank'] == {'k1': 8, 'k2': 3, 'lambda_value': 0.3}
+    assert result['aqe'] == {'k': 2, 'alpha': 3.0}
+    assert result['multi_query']['pooling'] == 'max'
+    plain = run_cli(paths, f'--filename={out}')
+    assert json.loads(out.read_text())['rerank'] is None and '|' in plain.stdout
+
+
+@pytest.mark.parametrize('extra, expected', [
+    (['--multi_query=mean'], '--multi_query mean needs both --multi_query_dataset'),
+    (['--multi_query_dataset=x.csv'], 'need --multi_query mean or max'),
+    (['--rerank', '--k1=4', '--k2=6'], '--k2 6 is larger than --k1 4'),
+    (['--k1=4'], '--k1 only apply with --rerank'),
+    (['--rerank', '--lambda_value=1.5'], '--lambda_value 1.5 is not in [0, 1]'),
+    (['--aqe_alpha=3'], '--aqe_alpha only applies with --aqe K'),
+    (['--aqe=1000'], '--aqe 1000 is more than the 205 gallery images'),
+    (['--rerank', '--k1=300'], '--k1 300 needs more than 300 images')])
+def test_cli_bad_combinations_are_one_line(tmp_path, extra, expected):
+    paths = write_split(tmp_path, np.random.default_rng(13))
+    done = run_cli(paths, *extra)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count('\n') == 1 and expected in done.stderr, done.stderr

@@ -86,6 +86,31 @@ def test_small_tree_sorted_with_pids_as_written(dataset, names, tmp_path):
     assert (tmp_path / 'out' / f'{dataset}_test.csv').read_bytes().endswith(b'.jpg\n')
 
 
+def test_market_gt_bbox_and_500k_distractors(tmp_path):
+    names = {sub: files for sub, files in MARKET_NAMES.items()}
+    touch(tmp_path / 'ds', [f'{sub}/{name}' for sub, files in names.items() for name in files])
+    result = prepare('market1501', tmp_path / 'ds', '--out', tmp_path / 'out')
+    assert 'gt_bbox is missing: market1501_gt_bbox.csv is not written' in result.stderr
+    assert not (tmp_path / 'out' / 'market1501_gt_bbox.csv').exists()
+    touch(tmp_path / 'ds', ['gt_bbox/0002_c1s1_000451_00.jpg', 'gt_bbox/0001_c2s1_000301_00.jpg'])
+    touch(tmp_path / 'distractors_500k', ['images/0000_c1s1_000000_00.jpg',
+                                          'images/0000_c3s1_000002_01.jpg'])
+    result = prepare('market1501', tmp_path / 'ds', '--out', tmp_path / 'out', '--distractors',
+                     tmp_path / 'distractors_500k')
+    assert result.returncode == 0, result.stderr
+    assert read_rows(tmp_path / 'out' / 'market1501_gt_bbox.csv') == [
+        ('0001', 'gt_bbox/0001_c2s1_000301_00.jpg'), ('0002', 'gt_bbox/0002_c1s1_000451_00.jpg')]
+    test = read_rows(tmp_path / 'out' / 'market1501_test.csv')
+    assert read_rows(tmp_path / 'out' / 'market1501_test_500k.csv') == test + [
+        ('0000', '../distractors_500k/images/0000_c1s1_000000_00.jpg'),
+        ('0000', '../distractors_500k/images/0000_c3s1_000002_01.jpg')]
+    touch(tmp_path / 'distractors_500k', ['images/holiday.jpg'])
+    assert_input_error(prepare('market1501', tmp_path / 'ds', '--out', tmp_path / 'out',
+                               '--distractors', tmp_path / 'distractors_500k'), 'holiday.jpg')
+    assert_input_error(prepare('market1501', tmp_path / 'ds', '--distractors', tmp_path / 'no'),
+                       'is not a folder')
+
+
 def test_missing_folder_is_named(tmp_path):
     touch(tmp_path / 'ds', [f'{sub}/{name}' for sub, files in MARKET_NAMES.items()
                             if sub != 'query' for name in files])

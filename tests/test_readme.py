@@ -65,13 +65,19 @@ def write_reid_tree(root, names_by_folder, seed):
 
 
 def market_names(pattern):
-    """Train ids 1-4, test ids 5-8 (query in camera 1, gallery in 2 and 3), junk, distractors."""
+    """Train ids 1-4, test ids 5-8 (query in camera 1, gallery in 2 and 3), junk, distractors,
+    and the hand-drawn boxes of the queries (gt_bbox: the query's own and one more).
+
+    The test set has more than 20 images besides junk: re-ranking's default k1 needs 21.
+    """
     train = [pattern.format(pid=pid, cam=cam, n=n) for pid in range(1, 5) for cam in (1, 2)
              for n in (1, 2)]
     query = [pattern.format(pid=pid, cam=1, n=9) for pid in range(5, 9)]
     test = [pattern.format(pid=pid, cam=cam, n=n) for pid in range(5, 9) for cam in (2, 3)
-            for n in (3, 4)] + [pattern.format(pid=0, cam=2, n=5)]
-    return {'bounding_box_train': train, 'query': query, 'bounding_box_test': test}
+            for n in (3, 4, 6)] + [pattern.format(pid=0, cam=2, n=5)]
+    gt_bbox = [pattern.format(pid=pid, cam=1, n=n) for pid in range(5, 9) for n in (9, 10)]
+    return {'bounding_box_train': train, 'query': query, 'bounding_box_test': test,
+            'gt_bbox': gt_bbox}
 
 
 def slim_resnet_v1_50(path, write_tf1_checkpoint) -> str:
@@ -110,12 +116,15 @@ def workdir(tmp_path_factory, write_tf1_checkpoint):
     (market / 'bounding_box_test' / '-1_c1s1_000007_00.jpg').write_bytes(
         (market / 'query' / '0005_c1s1_000009_00.jpg').read_bytes())  # a junk image
     write_reid_tree(tmp / 'DukeMTMC-reID', market_names('{pid:04d}_c{cam}_f{n:07d}.jpg'), seed=1)
+    write_reid_tree(tmp / 'distractors_500k', {'images': [
+        f'0000_c{cam}s1_{n:06d}_00.jpg' for cam in (1, 2, 3) for n in (100, 101)]}, seed=2)
     checkpoint = slim_resnet_v1_50(tmp / 'resnet_v1_50.ckpt', write_tf1_checkpoint)
     trinet_npz(tmp / 'trinet-market1501.npz')
     (work / 'files.txt').write_text(f'{market}/query/0005_c1s1_000009_00.jpg\n'
                                     f'{market}/query/0006_c1s1_000009_00.jpg\n')
     swaps = {'/data/Market-1501-v15.09.15': str(market), '/data/DukeMTMC-reID':
-             str(tmp / 'DukeMTMC-reID'), 'resnet_v1_50.ckpt': checkpoint,
+             str(tmp / 'DukeMTMC-reID'), '/data/distractors_500k': str(tmp / 'distractors_500k'),
+             'resnet_v1_50.ckpt': checkpoint,
              'trinet-market1501.npz': str(tmp / 'trinet-market1501.npz')}
     return work, tmp / 'home', swaps
 
@@ -179,6 +188,11 @@ def test_every_readme_command_runs(workdir):
         'initial_checkpoint'] == swaps['resnet_v1_50.ckpt']
     result = json.loads((experiments / 'market1501' / 'market1501_evaluation.json').read_text())
     assert len(result['aps']) == 4 and 0 <= result['mAP'] <= 1
+    reranked = json.loads((experiments / 'market1501' / 'market1501_reranked_evaluation.json')
+                          .read_text())
+    assert reranked['rerank'] == {'k1': 20, 'k2': 6, 'lambda_value': 0.3}
+    assert len((work / 'data' / 'market1501_gt_bbox.csv').read_text().splitlines()) == 8
+    assert len((work / 'data' / 'market1501_test_500k.csv').read_text().splitlines()) == 32
     evaluate_output = next(d.stdout for c, d in ran if c.startswith('python evaluate.py'))
     assert evaluate_output.startswith('mAP: ')
     trinet_lines = (work / 'embeddings.csv').read_text().splitlines()
