@@ -29,9 +29,10 @@ def float32_tolerance(model) -> float:
     n (kernel height x width x input channels; a depthwise conv's height x width) is off by at most
     LAMBDA sqrt(n) u; batch norm brings each layer back to unit scale, so a relative error passes
     to the next layer about unchanged and the layers' errors add up. Two evaluations can each be
-    off by that sum: the bound is twice it. (ResNet-50: 1.1e-3; measured between batch sizes 1
-    and 7, graph and eager, AVX-512 and AVX2 kernels: at most 1.3e-4 for ResNet-101, 6e-5 for
-    ResNet-50.) Compare against a float64 reference with half of it.
+    off by that sum: the bound is twice it. (ResNet-50: 1.1e-3, ResNet-101: 2.3e-3. Measured
+    between batch sizes 1 and 7, graph and eager, AVX-512 and AVX2 kernels: at most 6e-5 for
+    ResNet-50 and 3.2e-4 for ResNet-101, 7x below.) Compare against a float64 reference with
+    half of it.
     """
     total = 0.0
     for layer in model.layers:
