@@ -16,6 +16,10 @@ RUNS = {
     'embed_speed.py': (['--model_name', 'small_cnn', '--height', '32', '--width', '16',
                         '--batch_size', '4', '--images', '8', '--rounds', '1'],
                        r'pipeline / bare throughput = \d+\.\d+'),
+    'export_speed.py': (['--model_name', 'small_cnn', '--height', '32', '--width', '16',
+                         '--jpeg_height', '40', '--jpeg_width', '20', '--batch_size', '4',
+                         '--rounds', '1'],
+                        r'serve_jpeg \(bytes -> embeddings\) +\d+\.\d images/s'),
     'evaluate_speed.py': (['--loop_queries', '2'], r'(.*evaluate +\d+\.\d\d s .*faster.*\n){4}'),
     'trinet_speed.py': (['--batch_size', '1', '--steps', '1'], r'network: \d+\.\d+ images/s'),
 }
