@@ -146,9 +146,23 @@ def write_onnx(function, path: Path, log: logging.Logger) -> bool:
     except ImportError as e:
         log.warning('model.onnx not written: %s is not installed (%s)', e.name, INSTALL_HINT)
         return False
+    import tensorflow as tf
     logging.getLogger('tf2onnx').setLevel(logging.ERROR)  # it logs every graph rewrite
-    tf2onnx.convert.from_function(function, input_signature=function.input_signature,
-                                  opset=ONNX_OPSET, output_path=str(path))
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
+                                             opset=ONNX_OPSET)
+    # tf2onnx 1.17 makes every tensor the function captures an input of the ONNX graph, not
+    # only variables: ResNet's RGB means would have to be fed by the caller. They become
+    # initializers (constants) here.
+    concrete = function.get_concrete_function()
+    captured = {inner.name: outer for inner, outer in
+                zip(concrete.graph.internal_captures, concrete.captured_inputs, strict=True)
+                if inner.dtype != tf.resource}
+    for graph_input in list(proto.graph.input):
+        if graph_input.name in captured:
+            value = captured[graph_input.name].numpy()
+            proto.graph.initializer.append(onnx.numpy_helper.from_array(value, graph_input.name))
+            proto.graph.input.remove(graph_input)
+    onnx.save(proto, str(path))
     onnx.checker.check_model(str(path), full_check=True)
     return True
 

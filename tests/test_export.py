@@ -5,6 +5,7 @@ onnxruntime, as a service would; what it computes is compared here with embed.py
 and the Keras model on the same files and batch.
 """
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -252,3 +253,23 @@ def test_command_line_error_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f'export.py: error: experiment root {tmp_path / "nothing"} is not a folder']
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_onnx_holds_the_constants_the_model_captures(tmp_path):
+    # ResNet subtracts its RGB means, a tensor the traced function captures: tf2onnx alone
+    # would make it a second input of model.onnx, to be fed by the caller.
+    onnxruntime = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed: pip '
+                                      'install -r requirements-export.txt to test model.onnx')
+    pytest.importorskip('tf2onnx', reason='tf2onnx is not installed: pip install -r '
+                        'requirements-export.txt to test model.onnx')
+    import tensorflow as tf
+    images = keras.Input((4, 2, 3), name='images')
+    centred = images - keras.ops.convert_to_tensor(np.array([10, 20, 30], np.float32))
+    model = keras.Model(images, keras.layers.Dense(2)(keras.layers.Flatten()(centred)))
+    function = tf.function(lambda images: {'embeddings': model(images)},
+                           input_signature=[tf.TensorSpec((None, 4, 2, 3), name='images')])
+    assert export.write_onnx(function, tmp_path / 'model.onnx', logging.getLogger())
+    session = onnxruntime.InferenceSession(str(tmp_path / 'model.onnx'))
+    assert [i.name for i in session.get_inputs()] == ['images']
+    batch = np.random.default_rng(0).uniform(0, 255, (3, 4, 2, 3)).astype(np.float32)
+    assert_close_float32(session.run(None, {'images': batch})[0], model(batch).numpy(), model)
