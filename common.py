@@ -210,7 +210,17 @@ def read_image(path):
     Works eagerly and inside tf.data / tf.function.
     """
     import tensorflow as tf
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return decode_image(tf.io.read_file(path))
+
+
+def decode_image(data):
+    """Decodes the bytes of a JPEG or PNG file as read_image does: uint8 RGB (H, W, 3).
+
+    export.py's serve_jpeg signature decodes with this, so that a service sees the pixels that
+    embed.py sees. Works eagerly and inside tf.data / tf.function.
+    """
+    import tensorflow as tf
+    return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
 def resize_image(image, height: int, width: int):

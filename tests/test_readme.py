@@ -177,7 +177,7 @@ def test_every_readme_command_runs(workdir):
             ran += done
     scripts = {command.split()[1] for command, _ in ran}
     assert scripts >= {'data/prepare.py', 'market1501_train.sh', 'duke_mtmc_train.sh', 'train.py',
-                       'embed.py', 'evaluate.py', 'trinet_embed.py'}
+                       'embed.py', 'evaluate.py', 'trinet_embed.py', 'export.py'}
 
     # What the commands were to produce is there.
     experiments = home / 'experiments'
@@ -186,6 +186,7 @@ def test_every_readme_command_runs(workdir):
         assert (experiments / name / 'args.json').exists()
     assert json.loads((experiments / 'market1501' / 'args.json').read_text())[
         'initial_checkpoint'] == swaps['resnet_v1_50.ckpt']
+    assert (experiments / 'market1501' / 'export' / 'saved_model' / 'saved_model.pb').exists()
     result = json.loads((experiments / 'market1501' / 'market1501_evaluation.json').read_text())
     assert len(result['aps']) == 4 and 0 <= result['mAP'] <= 1
     reranked = json.loads((experiments / 'market1501' / 'market1501_reranked_evaluation.json')
