@@ -269,15 +269,9 @@ def model_settings(args: argparse.Namespace, root: Path) -> dict:
     return trained
 
 
-# ----------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> None:
-    args = parser.parse_args(argv)
-    log = common.setup_logging(quiet=args.quiet)
-    root = Path(args.experiment_root).expanduser()
-    if not root.is_dir():
-        raise common.InputError(f'experiment root {root} is not a folder')
-
-    # Test-time augmentation: several embeddings per image need an aggregator, one must not.
+def checked_augmentation(args: argparse.Namespace) -> list[str]:
+    """The augmentation types of the flags: several embeddings per image need an aggregator,
+    one must not have one."""
     types = augmentation_types(args.flip_augment, args.crop_augment)
     if len(types) > 1 and args.aggregator is None:
         raise common.InputError(f'--flip_augment/--crop_augment five make {len(types)} '
@@ -286,6 +280,29 @@ def main(argv: list[str] | None = None) -> None:
     if len(types) == 1 and args.aggregator is not None:
         raise common.InputError(f'--aggregator {args.aggregator} needs several embeddings per '
                                 f'image: add --flip_augment or --crop_augment five')
+    return types
+
+
+def write_projector(folder: str, emb: np.ndarray, pids: np.ndarray, fids: np.ndarray,
+                    paths: list[str], log) -> None:
+    """--projector: TensorBoard's projector files of the embeddings (see report.py)."""
+    import report
+    try:
+        count = report.write_projector(folder, emb, pids, fids, paths, log)
+    except OSError as e:
+        raise common.InputError(f'cannot write the projector files into {folder}: {e}') from None
+    log.info('wrote TensorBoard projector files of %d images into %s', count, folder)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    args = parser.parse_args(argv)
+    log = common.setup_logging(quiet=args.quiet)
+    root = Path(args.experiment_root).expanduser()
+    if not root.is_dir():
+        raise common.InputError(f'experiment root {root} is not a folder')
+
+    types = checked_augmentation(args)
 
     # Settings: the command line wins over args.json.
     trained = model_settings(args, root)
@@ -338,13 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         if csv_file is not None:
             log.info('wrote %s', csv_file)
     if args.projector is not None:
-        import report
-        try:
-            count = report.write_projector(args.projector, emb, pids, fids, paths, log)
-        except OSError as e:
-            raise common.InputError(f'cannot write the projector files into {args.projector}: '
-                                    f'{e}') from None
-        log.info('wrote TensorBoard projector files of %d images into %s', count, args.projector)
+        write_projector(args.projector, emb, pids, fids, paths, log)
 
 
 if __name__ == '__main__':

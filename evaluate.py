@@ -176,35 +176,8 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
         valid = ~excluder(query_fids[batch])
         matches = valid & (query_codes[batch, None] == gallery_codes[None, :])
         dists[~valid] = np.inf  # an ignored entry is never ahead of a match
-        results = []
-        for row in np.flatnonzero(matches.any(axis=1)):
-            # Entries farther than the farthest match are never ahead of one: count among the
-            # nearer ones only (in gallery order). The small margin keeps those whose score
-            # 1/(1+d) rounds to that of the farthest match.
-            farthest = dists[row, matches[row]].max()
-            near = np.flatnonzero(dists[row] <= farthest + 1e-9 * (1 + farthest))
-            near_dists = dists[row, near]
-            hits = np.flatnonzero(matches[row, near])  # positions in `near`
-            if market_ap:
-                ranks = np.sort(_stable_ranks(near_dists, hits))
-                n = np.arange(1, len(hits) + 1)
-                # The precision one rank earlier; 1 before the first entry, as MATLAB starts.
-                previous = np.where(ranks > 0, (n - 1) / np.maximum(ranks, 1), 1.0)
-                ap = np.mean((n / (ranks + 1) + previous) / 2)
-                first, last = ranks[0], ranks[-1]
-            else:
-                scores = 1 / (1 + near_dists)  # as the loop computes them: ties stay ties
-                hit_scores = np.sort(scores[hits])
-                at_least = np.array([np.count_nonzero(scores >= s) for s in hit_scores])
-                hits_at_least = len(hits) - np.searchsorted(hit_scores, hit_scores, 'left')
-                ap = np.mean(hits_at_least / at_least)
-                # Of equally distant hits, the first in gallery order comes first.
-                hit_dists = near_dists[hits]
-                first_hit = np.argmin(hit_dists)
-                last_hit = len(hits) - 1 - np.argmax(hit_dists[::-1])
-                first, last = _stable_ranks(near_dists, hits[[first_hit, last_hit]])
-            results.append((start + row, ap, first, len(hits) / (last + 1)))
-        return results
+        return [(start + row, *score_row(dists[row], matches[row], market_ap))
+                for row in np.flatnonzero(matches.any(axis=1))]
 
     # Two threads: one can sit in the BLAS product while the other counts in Python.
     with ThreadPoolExecutor(2) as pool:
@@ -217,6 +190,41 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     else:
         first_ranks, inps = np.zeros(0, int), np.zeros(0)
     return _summary(aps, first_ranks.astype(int), inps, len(gallery_pids))
+
+
+def score_row(dists: np.ndarray, matches: np.ndarray,
+              market_ap: bool) -> tuple[float, int, float]:
+    """AP, 0-based rank of the first match and INP of one query with at least one match.
+
+    Args:
+        dists: (G,) distances, inf for ignored entries. matches: (G,) bool, the valid matches.
+    """
+    # Entries farther than the farthest match are never ahead of one: count among the nearer
+    # ones only (in gallery order). The small margin keeps those whose score 1/(1+d) rounds to
+    # that of the farthest match.
+    farthest = dists[matches].max()
+    near = np.flatnonzero(dists <= farthest + 1e-9 * (1 + farthest))
+    near_dists = dists[near]
+    hits = np.flatnonzero(matches[near])  # positions in `near`
+    if market_ap:
+        ranks = np.sort(_stable_ranks(near_dists, hits))
+        n = np.arange(1, len(hits) + 1)
+        # The precision one rank earlier; 1 before the first entry, as MATLAB starts.
+        previous = np.where(ranks > 0, (n - 1) / np.maximum(ranks, 1), 1.0)
+        ap = np.mean((n / (ranks + 1) + previous) / 2)
+        first, last = ranks[0], ranks[-1]
+    else:
+        scores = 1 / (1 + near_dists)  # as the loop computes them: ties stay ties
+        hit_scores = np.sort(scores[hits])
+        at_least = np.array([np.count_nonzero(scores >= s) for s in hit_scores])
+        hits_at_least = len(hits) - np.searchsorted(hit_scores, hit_scores, 'left')
+        ap = np.mean(hits_at_least / at_least)
+        # Of equally distant hits, the first in gallery order comes first.
+        hit_dists = near_dists[hits]
+        first_hit = np.argmin(hit_dists)
+        last_hit = len(hits) - 1 - np.argmax(hit_dists[::-1])
+        first, last = _stable_ranks(near_dists, hits[[first_hit, last_hit]])
+    return ap, first, len(hits) / (last + 1)
 
 
 def plain_distances(query_embs: np.ndarray, gallery_embs: np.ndarray,

@@ -104,34 +104,12 @@ def load_tf1_checkpoint(model, path: str | os.PathLike, log: logging.Logger | No
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f'cannot read checkpoint {path}: {message}') from None
     shapes = reader.get_variable_to_shape_map()
-
-    variables = {}
-    for layer in model.layers:
-        for variable in layer.weights:
-            variables[slim_name(layer, variable)] = variable
-    ignored = sorted(set(shapes) - set(variables))
-    missing = sorted(set(variables) - set(shapes))
-    loaded = sorted(set(variables) & set(shapes))
-    if not loaded:
-        hint = (' (a TF2 object checkpoint: use train.py --resume, or embed.py, on its '
-                'experiment root)' if any('.ATTRIBUTES' in name for name in shapes) else '')
-        raise InputError(f'checkpoint {path} holds none of the variables of model {model.name}'
-                         f'{hint}: it has e.g. {_some(sorted(shapes), 3)}; the model expects e.g. '
-                         f'{_some(sorted(variables), 3)}')
-    # A scope that is in the checkpoint at all must be there in full: a partial match means
-    # another architecture (e.g. other block sizes), not a head that was never trained.
-    scopes = {name.split('/')[0] for name in shapes}
-    partial = [name for name in missing if name.split('/')[0] in scopes]
-    if partial:
-        raise InputError(f'checkpoint {path} does not fit model {model.name}: it lacks '
-                         f'{len(partial)} variables of the model, e.g. {_some(partial, 3)}')
-    for name, variable in variables.items():  # model order: the culprit nearest the input
-        if name in shapes and tuple(shapes[name]) != tuple(variable.shape):
-            raise InputError(f'checkpoint {path} does not fit model {model.name}: {name} has '
-                             f'shape {tuple(shapes[name])} there, {tuple(variable.shape)} in '
-                             f'the model')
+    variables = {slim_name(layer, variable): variable
+                 for layer in model.layers for variable in layer.weights}
+    loaded, missing, ignored = _match_checkpoint(shapes, variables, path, model.name)
     for name in loaded:
         variables[name].assign(reader.get_tensor(name).astype(variables[name].dtype))
+
 
     log.info('loaded %d of the model\'s %d variables from %s', len(loaded), len(variables), path)
     if missing:
@@ -141,3 +119,31 @@ def load_tf1_checkpoint(model, path: str | os.PathLike, log: logging.Logger | No
         log.info('ignored %d checkpoint variables that the model lacks: %s', len(ignored),
                  _some(ignored))
     return {'loaded': loaded, 'missing': missing, 'ignored': ignored}
+
+
+def _match_checkpoint(shapes: dict, variables: dict, path: str,
+                      model_name: str) -> tuple[list[str], list[str], list[str]]:
+    """Sorted (loaded, missing, ignored) slim names of a checkpoint's `shapes` against the
+    model's `variables`; raises InputError where the checkpoint is of another architecture."""
+    ignored = sorted(set(shapes) - set(variables))
+    missing = sorted(set(variables) - set(shapes))
+    loaded = sorted(set(variables) & set(shapes))
+    if not loaded:
+        hint = (' (a TF2 object checkpoint: use train.py --resume, or embed.py, on its '
+                'experiment root)' if any('.ATTRIBUTES' in name for name in shapes) else '')
+        raise InputError(f'checkpoint {path} holds none of the variables of model {model_name}'
+                         f'{hint}: it has e.g. {_some(sorted(shapes), 3)}; the model expects e.g. '
+                         f'{_some(sorted(variables), 3)}')
+    # A scope that is in the checkpoint at all must be there in full: a partial match means
+    # another architecture (e.g. other block sizes), not a head that was never trained.
+    scopes = {name.split('/')[0] for name in shapes}
+    partial = [name for name in missing if name.split('/')[0] in scopes]
+    if partial:
+        raise InputError(f'checkpoint {path} does not fit model {model_name}: it lacks '
+                         f'{len(partial)} variables of the model, e.g. {_some(partial, 3)}')
+    for name, variable in variables.items():  # model order: the culprit nearest the input
+        if name in shapes and tuple(shapes[name]) != tuple(variable.shape):
+            raise InputError(f'checkpoint {path} does not fit model {model_name}: {name} has '
+                             f'shape {tuple(shapes[name])} there, {tuple(variable.shape)} in '
+                             f'the model')
+    return loaded, missing, ignored

@@ -23,19 +23,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
-from model import build_model, plugin_names  # noqa: E402
+from model import build_model  # noqa: E402
 import embed  # noqa: E402
-from _machine import describe  # noqa: E402
+from _bench import add_model_flags, describe  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-parser.add_argument('--model_name', default='resnet_v1_50', choices=plugin_names('nets'))
-parser.add_argument('--head_name', default='fc1024', choices=plugin_names('heads'))
-parser.add_argument('--embedding_dim', type=common.positive_int, default=128)
-parser.add_argument('--height', type=common.positive_int, default=256,
-                    help='Net input height in pixels; the JPEG files have this size too.')
-parser.add_argument('--width', type=common.positive_int, default=128,
-                    help='Net input width in pixels; the JPEG files have this size too.')
-parser.add_argument('--batch_size', type=common.positive_int, default=64)
+add_model_flags(parser, batch_size=64)  # the JPEG files have the net's input size
 parser.add_argument('--images', type=common.positive_int, default=128,
                     help='Images per timed run (rounded up to whole batches).')
 parser.add_argument('--rounds', type=common.positive_int, default=7,

@@ -27,22 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import embed  # noqa: E402
 import export  # noqa: E402
-from model import build_model, plugin_names  # noqa: E402
-from _machine import describe  # noqa: E402
+from model import build_model  # noqa: E402
+from _bench import add_model_flags, describe  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-parser.add_argument('--model_name', default='resnet_v1_50', choices=plugin_names('nets'))
-parser.add_argument('--head_name', default='fc1024', choices=plugin_names('heads'))
-parser.add_argument('--embedding_dim', type=common.positive_int, default=128)
-parser.add_argument('--height', type=common.positive_int, default=256,
-                    help='Net input height in pixels.')
-parser.add_argument('--width', type=common.positive_int, default=128,
-                    help='Net input width in pixels.')
+add_model_flags(parser, batch_size=32)
 parser.add_argument('--jpeg_height', type=common.positive_int, default=128,
                     help='Height of the JPEG files in pixels (Market-1501: 128).')
 parser.add_argument('--jpeg_width', type=common.positive_int, default=64,
                     help='Width of the JPEG files in pixels (Market-1501: 64).')
-parser.add_argument('--batch_size', type=common.positive_int, default=32)
 parser.add_argument('--rounds', type=common.positive_int, default=5,
                     help='Alternating timed batches of each; the fastest is reported.')
 

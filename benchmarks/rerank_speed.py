@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
 import evaluate  # noqa: E402
 import loss  # noqa: E402
 import rerank  # noqa: E402
-from _machine import describe  # noqa: E402
+from _bench import describe  # noqa: E402
 from evaluate_speed import market_like  # noqa: E402
 from test_rerank import dense_re_ranking  # noqa: E402
 

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402  (needs the path above)
 from model import build_model  # noqa: E402
-from _machine import describe  # noqa: E402
+from _bench import describe  # noqa: E402
 import train  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])

@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402  (needs the path above)
 import trinet_embed  # noqa: E402
-from _machine import describe  # noqa: E402
+from _bench import describe  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
 parser.add_argument('--batch_size', type=common.positive_int, default=8,

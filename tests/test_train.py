@@ -63,6 +63,18 @@ def run_train(*flags, timeout=240):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def train_in_process(monkeypatch, *flags) -> int:
+    """train.main() in this process (no TensorFlow start-up), leaving the signal handlers as
+    they were."""
+    monkeypatch.setattr(sys, 'argv', ['train.py', *map(str, flags)])
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        return train.main()
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+
+
 def stored_step(path):
     return int(tf.train.load_variable(path, 'step/.ATTRIBUTES/VARIABLE_VALUE'))
 
@@ -344,15 +356,9 @@ def test_non_finite_loss_stops_without_saving(monkeypatch, tmp_path, dataset):
     real = loss.batch_hard
     monkeypatch.setattr(loss, 'batch_hard', lambda d, p, m: real(d, p, m) * np.nan)
     root = tmp_path / 'nan'
-    monkeypatch.setattr(sys, 'argv', ['train.py', '--train_set', str(csv), '--image_root',
-                                      str(images), '--experiment_root', str(root), *TINY,
-                                      '--train_iterations', '5', '--checkpoint_frequency', '1'])
-    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        assert train.main() == 1
-    finally:
-        signal.signal(signal.SIGINT, handlers[0])
-        signal.signal(signal.SIGTERM, handlers[1])
+    assert train_in_process(monkeypatch, '--train_set', csv, '--image_root', images,
+                            '--experiment_root', root, *TINY, '--train_iterations', '5',
+                            '--checkpoint_frequency', '1') == 1
     assert checkpoint_steps(root) == [0]
     assert 'not finite at iteration 1' in (root / 'train.log').read_text()
 
@@ -415,15 +421,9 @@ def test_collapse_warning(monkeypatch, tmp_path, dataset):
     csv, images = dataset
     monkeypatch.setattr(train, 'COLLAPSE_ITERATIONS', 5)
     flags = [flag if flag != '1e-3' else '1e30' for flag in TINY]
-    monkeypatch.setattr(sys, 'argv', ['train.py', '--train_set', str(csv), '--image_root',
-                                      str(images), '--experiment_root', str(tmp_path / 'run'),
-                                      *flags, '--train_iterations', '12'])
-    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        assert train.main() == 0
-    finally:
-        signal.signal(signal.SIGINT, handlers[0])
-        signal.signal(signal.SIGTERM, handlers[1])
+    assert train_in_process(monkeypatch, '--train_set', csv, '--image_root', images,
+                            '--experiment_root', tmp_path / 'run', *flags,
+                            '--train_iterations', '12') == 0
     log = (tmp_path / 'run' / 'train.log').read_text()
     assert log.count('stuck at ln 2') == 1
     assert '--initial_checkpoint' in log and '--learning_rate' in log
