@@ -196,3 +196,25 @@ def test_projector_files_load_back(tmp_path):
     embedding = parsed.embeddings[0]
     assert embedding.tensor_path == 'tensors.tsv' and embedding.metadata_path == 'metadata.tsv'
     assert list(embedding.sprite.single_image_dim) == [32, 64]
+
+
+def test_page_shows_the_distances_actually_used(evaluated, monkeypatch):
+    # With --rerank the page must rank by the re-ranked distances, which lie in [0, 1] (a
+    # Jaccard distance and a column-normalised distance, mixed), unlike the euclidean ones here.
+    import evaluate
+    tmp, _ = evaluated
+    seen = {}
+
+    def capture(folder, result, query, gallery, distance_rows, *args, **kwargs):
+        seen['dists'] = distance_rows(np.arange(len(query['fids'])))
+        seen['options'] = args[1]
+    monkeypatch.setattr(report, 'write_report', capture)
+    monkeypatch.setattr(sys, 'argv', [
+        'evaluate.py', '--excluder', 'market1501', '--query_dataset', str(tmp / 'query.csv'),
+        '--query_embeddings', str(tmp / 'exp' / 'query.h5'), '--gallery_dataset',
+        str(tmp / 'test.csv'), '--gallery_embeddings', str(tmp / 'exp' / 'test.h5'),
+        '--rerank', '--k1', '4', '--k2', '2', '--report', str(tmp / 'reranked')])
+    evaluate.main()
+    finite = seen['dists'][np.isfinite(seen['dists'])]
+    assert finite.size and finite.min() >= 0 and finite.max() <= 1
+    assert 're-ranking k1=4 k2=2' in seen['options']['options']
