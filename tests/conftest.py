@@ -80,3 +80,9 @@ def _write_tf1_checkpoint(prefix, values: dict, version: str = 'V2',
 def write_tf1_checkpoint():
     """The function that writes TF1 checkpoints in slim's and the 2017 code's formats."""
     return _write_tf1_checkpoint
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Slow tests first: with two workers, the long runs then overlap the many short tests
+    instead of trailing after them."""
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)  # stable
