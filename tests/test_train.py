@@ -1,6 +1,7 @@
 """train.py: PK sampling, learning rate, the input pipeline, and the CLI run as a real subprocess
 (args.json, checkpoints, logs, refusals, bad data, SIGINT/SIGTERM then --resume, learning)."""
 import argparse
+import itertools
 import json
 import os
 import re
@@ -427,3 +428,48 @@ def test_collapse_warning(monkeypatch, tmp_path, dataset):
     log = (tmp_path / 'run' / 'train.log').read_text()
     assert log.count('stuck at ln 2') == 1
     assert '--initial_checkpoint' in log and '--learning_rate' in log
+
+
+# ----------------------------------------------------------------------------- nothing lost
+def start_train(*flags, until='iter 1/'):
+    """A train.py subprocess, returned once its log shows `until`."""
+    process = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *map(str, flags)],
+                               cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.time() + 180
+    for line in process.stderr:
+        seen.append(line)
+        if until in line:
+            return process
+        assert time.time() < deadline, ''.join(seen[-20:])
+    raise AssertionError(f'train.py ended before {until!r}: {"".join(seen[-20:])}')
+
+
+@pytest.mark.slow
+def test_one_run_per_root_and_a_killed_run_is_taken_over(tmp_path, dataset):
+    csv, images = dataset
+    root = tmp_path / 'run'
+    first = start_train('--train_set', csv, '--image_root', images, '--experiment_root', root,
+                        *TINY, '--train_iterations', '100000', '--checkpoint_frequency', '0')
+    try:
+        for flags in (['--resume'], ['--train_set', csv, '--image_root', images, *TINY]):
+            result = run_train('--experiment_root', root, *flags)
+            assert result.returncode == 2, result.stderr[-3000:]
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and f'pid {first.pid} on ' in lines[0], result.stderr
+            assert 'in use by another train.py' in lines[0]
+    finally:
+        first.kill()  # SIGKILL: no handler runs, the lock file still names the first run
+        first.communicate()
+    assert f'pid {first.pid}' in (root / experiment.LOCK_FILE).read_text()
+
+    # --resume keeps the stored 100000 iterations: stop it with SIGINT once it trains.
+    second = start_train('--experiment_root', root, '--resume', until='took over')
+    warning = ''.join(itertools.takewhile(lambda line: 'iter 1/' not in line, second.stderr))
+    second.send_signal(signal.SIGINT)
+    rest = second.communicate(timeout=120)[1]
+    assert second.returncode == 0, rest[-3000:]
+    log = (root / 'train.log').read_text()
+    assert f'took over {root / experiment.LOCK_FILE}' in log and f'pid {first.pid}' in log, warning
+    assert (root / experiment.LOCK_FILE).read_text() == ''  # released: no warning next time
+    assert stored_step(tf.train.latest_checkpoint(str(root))) >= 1
