@@ -361,7 +361,11 @@ def test_non_finite_loss_stops_without_saving(monkeypatch, tmp_path, dataset):
                             '--experiment_root', root, *TINY, '--train_iterations', '5',
                             '--checkpoint_frequency', '1') == 1
     assert checkpoint_steps(root) == [0]
-    assert 'not finite at iteration 1' in (root / 'train.log').read_text()
+    errors = [line for line in (root / 'train.log').read_text().splitlines() if 'ERROR' in line]
+    assert len(errors) == 1 and 'not finite at iteration 1' in errors[0]
+    assert 'nonfinite_batch_1.txt' in errors[0]
+    batch = (root / 'nonfinite_batch_1.txt').read_text().splitlines()
+    assert len(batch) == 12 and set(batch) <= set(common.load_dataset(csv)[1])
 
 
 def test_initial_checkpoint_is_checkpoint_0(full_run, slim_backbone):
