@@ -226,7 +226,8 @@ def test_checkpoints_logs_and_summaries(full_run):
     assert latest.endswith('checkpoint-20') and stored_step(latest) == 20
     # embed.py's way of loading: the model alone.
     model = build_model('mobilenet_v1_0_25', 'direct', 8)
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    restored = tf.train.Checkpoint(model=model).restore(latest)
+    restored.expect_partial().assert_existing_objects_matched()
     trained = [v.numpy() for v in model.trainable_variables]
     tf.train.Checkpoint(model=model).restore(str(root / 'checkpoint-0')).expect_partial()
     assert any(not np.allclose(a, v.numpy()) for a, v in zip(trained, model.trainable_variables,
@@ -477,3 +478,42 @@ def test_one_run_per_root_and_a_killed_run_is_taken_over(tmp_path, dataset):
     assert f'took over {root / experiment.LOCK_FILE}' in log and f'pid {first.pid}' in log, warning
     assert (root / experiment.LOCK_FILE).read_text() == ''  # released: no warning next time
     assert stored_step(tf.train.latest_checkpoint(str(root))) >= 1
+
+
+def file_size_limit(limit: int):
+    """A preexec_fn: files cannot grow beyond `limit` bytes, also for root (unlike chmod);
+    with SIGXFSZ ignored, a write beyond fails with EFBIG as on a full disk."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.slow
+def test_failed_checkpoint_write_keeps_the_previous_one(monkeypatch, tmp_path, dataset):
+    csv, images = dataset
+    root = tmp_path / 'run'
+    assert train_in_process(monkeypatch, '--train_set', csv, '--image_root', images,
+                            '--experiment_root', root, *TINY, '--train_iterations', '2',
+                            '--checkpoint_frequency', '1') == 0
+    stored = json.loads((root / 'args.json').read_text())
+    (root / 'args.json').write_text(json.dumps({**stored, 'train_iterations': 3}))
+    before = {p.name: p.read_bytes() for p in root.glob('checkpoint*')}
+    limit = 64 * 1024
+    assert max(len(data) for data in before.values()) > limit  # the next one cannot be written
+    result = subprocess.run([sys.executable, str(ROOT / 'train.py'), '--experiment_root', root,
+                             '--resume'], cwd=ROOT, text=True,
+                            capture_output=True, timeout=240, preexec_fn=file_size_limit(limit))
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith('train.py: error: cannot save ') and 'checkpoint-3' in error, error
+    assert 'Traceback' not in result.stderr and 'checkpoint-2' in error
+    assert {p.name: p.read_bytes() for p in root.glob('checkpoint*')} == before
+    assert not list(root.glob('*_temp*'))
+    latest = tf.train.latest_checkpoint(str(root))
+    assert latest.endswith('checkpoint-2') and stored_step(latest) == 2
+    model = build_model('mobilenet_v1_0_25', 'direct', 8)
+    restored = tf.train.Checkpoint(model=model).restore(latest)
+    restored.expect_partial().assert_existing_objects_matched()
