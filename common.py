@@ -146,6 +146,14 @@ def load_embeddings(h5_file: str | os.PathLike) -> np.ndarray:
     return embs
 
 
+def temporary_name(path: str | os.PathLike) -> Path:
+    """The temporary file atomic_write writes before renaming it to `path`: `name.tmp-<pid>`,
+    unique per process, so that two processes writing the same file never write into one
+    temporary (the last rename wins with a complete file)."""
+    path = Path(path)
+    return path.with_name(f'{path.name}.tmp-{os.getpid()}')
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path` to write; when the block ends without error it
@@ -156,7 +164,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         InputError: the file cannot be written (a missing folder, a full or read-only disk).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + '.tmp')
+    tmp = temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -219,7 +219,7 @@ def probe_writable(path: Path) -> None:
     """Fails now, not after an hour of embedding, if `path` cannot be written."""
     if path.is_dir():
         raise common.InputError(f'cannot write {path}: it is a folder')
-    probe = path.with_name(path.name + '.tmp')  # the temporary name the writers use
+    probe = common.temporary_name(path)  # the name the writer uses: no other process's
     try:
         with open(probe, 'wb'):
             pass

@@ -4,15 +4,21 @@ train.py and embed.py talk to each other only through these files. TensorFlow is
 inside the functions that need it, so that mistakes in flags are reported without its import.
 """
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import re
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import common
 from model import load_tf1_checkpoint, plugin_names
 
 ARGS_FILE = 'args.json'
+LOCK_FILE = 'train.lock'  # held by the train.py that writes into the root; holds its PID
 CHECKPOINT_NAME = 'checkpoint'  # files checkpoint-<iterations done>.index/.data-*
 NEVER_COMPARED = ('resume', 'experiment_root')  # flags that --resume does not take from args.json
 # The settings of the trained model that embed.py takes from args.json unless given. Only
@@ -143,6 +149,67 @@ def fill_model_settings(args: argparse.Namespace, stored: dict, path: Path) -> N
                 raise common.InputError(f'{path}: {key} is {value!r}, expected a '
                                         f'{"positive integer" if kind is int else "string"}')
             setattr(args, key, value)
+
+
+# ----------------------------------------------------------------------------- the lock
+# flock, not a file created with O_EXCL: the kernel releases it when its process dies, even
+# by SIGKILL, so a lock that a killed run left behind is never mistaken for a live run.
+def _try_lock(f, root: Path) -> None:
+    """Locks the open lock file `f`, or raises InputError naming the run that holds it."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or 'a process that is starting'
+        raise common.InputError(f'{root} is in use by another train.py ({holder}); wait for '
+                                'it to end or stop it first') from None
+
+
+def check_unlocked(root: Path) -> None:
+    """Raises InputError if a live train.py holds `root`; creates nothing.
+
+    Raises:
+        common.InputError: the lock is held; the message names the holder's PID and host.
+    """
+    try:
+        f = open(root / LOCK_FILE)
+    except OSError:
+        return  # no lock file (or no root): no run
+    with f:
+        _try_lock(f, root)  # closing the file releases the lock again
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[str | None]:
+    """Holds the lock of the existing folder `root` while the block runs.
+
+    The lock file holds `pid <PID> on <host>` while locked and is emptied on release, so
+    finding it non-empty when taking it means that its holder was killed.
+
+    Yields:
+        None, or a warning to log if the lock was taken over from a killed run.
+
+    Raises:
+        common.InputError: a live run holds the lock (named by PID and host), or the lock file
+            cannot be written.
+    """
+    try:
+        f = open(root / LOCK_FILE, 'a+')
+    except OSError as e:
+        raise common.InputError(f'cannot write {root / LOCK_FILE}: {e.strerror or e}') from None
+    with f:
+        _try_lock(f, root)
+        f.seek(0)
+        previous = f.read().strip()
+        f.seek(0)
+        f.truncate()
+        f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+        f.flush()
+        try:
+            yield (f'took over {root / LOCK_FILE} from a run that ended without releasing it '
+                   f'({previous}, killed or crashed)' if previous else None)
+        finally:
+            f.truncate(0)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -12,6 +12,7 @@ import argparse
 import itertools
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -210,8 +211,8 @@ def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: 
 
     Returns:
         step(images (B, H, W, 3) float32 in [0, 255], pids (B,) int) -> dict with `loss` ()
-        (the optimised mean), `losses` (B,), `emb` (B, D), `dists` (B, B) and the entries of
-        loss.batch_metrics.
+        (the optimised mean), `losses` (B,), `emb` (B, D), `dists` (B, B), `grads_finite` ()
+        bool and the entries of loss.batch_metrics.
     """
     import tensorflow as tf
     loss_fn = getattr(loss, loss_name)
@@ -226,8 +227,10 @@ def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: 
             if model.losses:  # weight decay, if a net or head asks for it
                 total += tf.add_n(model.losses)
         grads = tape.gradient(total, model.trainable_variables)
+        grads_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return {'loss': total, 'losses': losses, 'emb': emb, 'dists': dists,
+                'grads_finite': grads_finite,
                 **loss.batch_metrics(dists, pids, losses)}
     return step
 
@@ -248,7 +251,7 @@ def open_detailed_logs(root: Path, iterations: int, batch: int, dim: int, fid_by
         if fresh or not path.exists():
             logs[name] = np.lib.format.open_memmap(path, 'w+', dtype, shape)
         else:
-            logs[name] = np.load(path, mmap_mode='r+')
+            logs[name] = np.load(path, mmap_mode='r+', allow_pickle=False)
     return logs
 
 
@@ -266,11 +269,13 @@ def settings() -> tuple[argparse.Namespace, list[str]]:
         (args, notes): `notes` are warnings to log once the log file is open.
     """
     args = parser.parse_args()
+    experiment.check_unlocked(Path(args.experiment_root).expanduser())  # a live run: say so first
     notes = experiment.resume_args(args, sys.argv[1:]) if args.resume else []
     check_args(args)
     if not args.resume:
         root = Path(args.experiment_root).expanduser()
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        if root.exists() and (not root.is_dir() or any(
+                p.name != experiment.LOCK_FILE for p in root.iterdir())):
             raise common.InputError(f'--experiment_root {root} is not empty; pass --resume to '
                                     'continue that run, or choose a new folder')
         if args.seed is None:
@@ -342,7 +347,7 @@ def build_training(args: argparse.Namespace, root: Path, log):
             log.warning('no checkpoint in %s: starting from the initialisation', root)
         if args.initial_checkpoint:
             load_tf1_checkpoint(model, args.initial_checkpoint, log)
-        manager.save(checkpoint_number=0)
+        save(manager, None, 0, log)
     return model, optimizer, step, manager
 
 
@@ -417,24 +422,53 @@ class Reporter:
                 array.flush()
 
 
-def finite(out: dict, iteration: int, latest: str, log) -> bool:
-    """True if a train step's losses and distances are finite; else logs why training stops.
+def finite(out: dict, iteration: int, batch_fids: np.ndarray, root: Path, latest: str,
+           log) -> bool:
+    """True if a train step's losses, distances and gradients are finite; else writes the
+    batch's file names to `nonfinite_batch_<iteration>.txt` in `root` and logs one line why
+    training stops.
 
     Distances overflow before the loss does (inf - inf makes the loss NaN only later).
     """
     losses = out['losses'].numpy()
-    if np.all(np.isfinite(losses)) and np.all(np.isfinite(out['dists'].numpy())):
+    culprits = [name for name, ok in (
+        ('the loss', np.all(np.isfinite(losses))),
+        ('the embedding distances', np.all(np.isfinite(out['dists'].numpy()))),
+        ('the gradients', bool(out['grads_finite'].numpy()))) if not ok]
+    if not culprits:
         return True
-    log.error('the loss or the embedding distances are not finite at iteration %d (loss mean '
-              '%s); stopping without saving, the latest checkpoint is %s. Try a lower '
-              '--learning_rate.', iteration + 1, losses.mean(), latest)
+    batch_file = root / f'nonfinite_batch_{iteration + 1}.txt'
+    with common.atomic_write(batch_file) as tmp:
+        tmp.write_text(''.join(f'{fid}\n' for fid in batch_fids), encoding='utf-8')
+    log.error('%s not finite at iteration %d (loss mean %s); stopping without saving, the '
+              'latest checkpoint is %s; the batch is listed in %s. Try a lower --learning_rate.',
+              ' and '.join(culprits), iteration + 1, losses.mean(), latest, batch_file)
     return False
 
 
-def save(manager, report: Reporter, done: int, log) -> int:
-    """Saves checkpoint-<done>, after flushing the logs it belongs with; returns `done`."""
-    report.flush()
-    manager.save(checkpoint_number=done)
+def save(manager, report: Reporter | None, done: int, log) -> int:
+    """Saves checkpoint-<done>, after flushing the logs it belongs with; returns `done`.
+
+    Raises:
+        common.InputError: the checkpoint cannot be written (a full disk, a file size limit):
+            its partial files are removed and the latest checkpoint stays the previous one.
+    """
+    import tensorflow as tf
+    previous = manager.latest_checkpoint
+    try:
+        if report is not None:
+            report.flush()
+        manager.save(checkpoint_number=done)
+    except (tf.errors.OpError, OSError) as e:
+        prefix = Path(manager.directory) / f'{experiment.CHECKPOINT_NAME}-{done}'
+        for partial in prefix.parent.glob(f'{prefix.name}[._]*'):
+            if partial.is_dir():  # TensorFlow's temporary folder of the shards
+                shutil.rmtree(partial)
+            else:
+                partial.unlink(missing_ok=True)
+        message = getattr(e, 'message', None) or getattr(e, 'strerror', None) or str(e)
+        raise common.InputError(f'cannot save {prefix}: {message.strip().splitlines()[0]}; the '
+                                f'latest checkpoint is still {previous}') from None
     log.info('saved %s', manager.latest_checkpoint)
     return done
 
@@ -446,9 +480,18 @@ def main():
     root = Path(args.experiment_root).expanduser()
 
     # Data: every problem is found before anything is written or trained.
-    fids, paths, labels, checked = load_training_data(args)
+    data = load_training_data(args)
+
+    # One run per experiment root: a second one refuses, naming the first's PID.
+    root.mkdir(parents=True, exist_ok=True)
+    with experiment.locked(root) as took_over:
+        return train(args, root, data, notes + ([took_over] if took_over else []))
+
+
+def train(args: argparse.Namespace, root: Path, data: tuple, notes: list[str]) -> int:
+    """Trains in the locked `root` on `data` from load_training_data; returns the exit code."""
+    fids, paths, labels, checked = data
     if not args.resume:
-        root.mkdir(parents=True, exist_ok=True)
         experiment.write_args(root, args)
     log = common.setup_logging(root / 'train.log')
     log.info('%s training in %s with %s', 'resuming' if args.resume else 'starting', root,
@@ -485,7 +528,7 @@ def main():
                            args.train_iterations)
         optimizer.learning_rate = lr
         out = train_step(images, batch_labels)
-        if not finite(out, iteration, manager.latest_checkpoint, log):
+        if not finite(out, iteration, fids[rows.numpy()], root, manager.latest_checkpoint, log):
             return 1
         step.assign(iteration + 1)
         report(iteration, out, lr, rows)
@@ -494,9 +537,9 @@ def main():
 
     # Final (or interrupted) save.
     done = int(step.numpy())
-    report.flush()
     if done != saved:
         save(manager, report, done, log)
+    report.flush()
     if done < args.train_iterations:
         log.info('stopped after iteration %d of %d; continue with: python train.py '
                  '--experiment_root %s --resume', done, args.train_iterations, root)

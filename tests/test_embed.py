@@ -414,7 +414,7 @@ def test_csv_output(tmp_path, images, capsys):
     capsys.readouterr()
     embed.main(base + ['--csv', '-', '--filename', 'again.h5'])
     assert capsys.readouterr().out == (tmp_path / 'emb.csv').read_text()
-    assert not list(tmp_path.glob('*.tmp'))
+    assert not list(tmp_path.glob('*.tmp*'))
 
 
 def test_filename_relative_to_the_experiment_root_or_absolute(tmp_path, images):
@@ -514,3 +514,24 @@ def test_checkpoint_of_another_model(trained, images):
 def test_missing_experiment_root(tmp_path, images):
     assert_input_error(run_embed('--experiment_root', tmp_path / 'nope', '--dataset', images[1]),
                        'nope')
+
+
+WRITER = """import sys, common
+with common.atomic_write(sys.argv[1]) as tmp, open(tmp, 'w') as f:
+    print(tmp.name, flush=True)
+    for _ in range(2000):
+        f.write(sys.argv[2] * 1000)
+"""
+
+
+def test_two_writers_of_one_file_never_interleave(tmp_path):
+    # Each process writes its own temporary (name.tmp-<pid>): the file is one writer's, whole.
+    target = tmp_path / 'out.h5'
+    writers = [subprocess.Popen([sys.executable, '-c', WRITER, str(target), letter],
+                                cwd=ROOT, stdout=subprocess.PIPE, text=True) for letter in 'ab']
+    names = [writer.communicate(timeout=60)[0].strip() for writer in writers]
+    assert [writer.returncode for writer in writers] == [0, 0]
+    assert names == [f'out.h5.tmp-{writer.pid}' for writer in writers]
+    content = target.read_text()
+    assert len(content) == 2_000_000 and len(set(content)) == 1
+    assert not list(tmp_path.glob('*.tmp*'))

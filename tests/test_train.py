@@ -1,6 +1,7 @@
 """train.py: PK sampling, learning rate, the input pipeline, and the CLI run as a real subprocess
 (args.json, checkpoints, logs, refusals, bad data, SIGINT/SIGTERM then --resume, learning)."""
 import argparse
+import itertools
 import json
 import os
 import re
@@ -225,7 +226,8 @@ def test_checkpoints_logs_and_summaries(full_run):
     assert latest.endswith('checkpoint-20') and stored_step(latest) == 20
     # embed.py's way of loading: the model alone.
     model = build_model('mobilenet_v1_0_25', 'direct', 8)
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
+    restored = tf.train.Checkpoint(model=model).restore(latest)
+    restored.expect_partial().assert_existing_objects_matched()
     trained = [v.numpy() for v in model.trainable_variables]
     tf.train.Checkpoint(model=model).restore(str(root / 'checkpoint-0')).expect_partial()
     assert any(not np.allclose(a, v.numpy()) for a, v in zip(trained, model.trainable_variables,
@@ -360,7 +362,11 @@ def test_non_finite_loss_stops_without_saving(monkeypatch, tmp_path, dataset):
                             '--experiment_root', root, *TINY, '--train_iterations', '5',
                             '--checkpoint_frequency', '1') == 1
     assert checkpoint_steps(root) == [0]
-    assert 'not finite at iteration 1' in (root / 'train.log').read_text()
+    errors = [line for line in (root / 'train.log').read_text().splitlines() if 'ERROR' in line]
+    assert len(errors) == 1 and 'not finite at iteration 1' in errors[0]
+    assert 'nonfinite_batch_1.txt' in errors[0]
+    batch = (root / 'nonfinite_batch_1.txt').read_text().splitlines()
+    assert len(batch) == 12 and set(batch) <= set(common.load_dataset(csv)[1])
 
 
 def test_initial_checkpoint_is_checkpoint_0(full_run, slim_backbone):
@@ -427,3 +433,87 @@ def test_collapse_warning(monkeypatch, tmp_path, dataset):
     log = (tmp_path / 'run' / 'train.log').read_text()
     assert log.count('stuck at ln 2') == 1
     assert '--initial_checkpoint' in log and '--learning_rate' in log
+
+
+# ----------------------------------------------------------------------------- nothing lost
+def start_train(*flags, until='iter 1/'):
+    """A train.py subprocess, returned once its log shows `until`."""
+    process = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *map(str, flags)],
+                               cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.time() + 180
+    for line in process.stderr:
+        seen.append(line)
+        if until in line:
+            return process
+        assert time.time() < deadline, ''.join(seen[-20:])
+    raise AssertionError(f'train.py ended before {until!r}: {"".join(seen[-20:])}')
+
+
+@pytest.mark.slow
+def test_one_run_per_root_and_a_killed_run_is_taken_over(tmp_path, dataset):
+    csv, images = dataset
+    root = tmp_path / 'run'
+    first = start_train('--train_set', csv, '--image_root', images, '--experiment_root', root,
+                        *TINY, '--train_iterations', '100000', '--checkpoint_frequency', '0')
+    try:
+        for flags in (['--resume'], ['--train_set', csv, '--image_root', images, *TINY]):
+            result = run_train('--experiment_root', root, *flags)
+            assert result.returncode == 2, result.stderr[-3000:]
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and f'pid {first.pid} on ' in lines[0], result.stderr
+            assert 'in use by another train.py' in lines[0]
+    finally:
+        first.kill()  # SIGKILL: no handler runs, the lock file still names the first run
+        first.communicate()
+    assert f'pid {first.pid}' in (root / experiment.LOCK_FILE).read_text()
+
+    # --resume keeps the stored 100000 iterations: stop it with SIGINT once it trains.
+    second = start_train('--experiment_root', root, '--resume', until='took over')
+    warning = ''.join(itertools.takewhile(lambda line: 'iter 1/' not in line, second.stderr))
+    second.send_signal(signal.SIGINT)
+    rest = second.communicate(timeout=120)[1]
+    assert second.returncode == 0, rest[-3000:]
+    log = (root / 'train.log').read_text()
+    assert f'took over {root / experiment.LOCK_FILE}' in log and f'pid {first.pid}' in log, warning
+    assert (root / experiment.LOCK_FILE).read_text() == ''  # released: no warning next time
+    assert stored_step(tf.train.latest_checkpoint(str(root))) >= 1
+
+
+def file_size_limit(limit: int):
+    """A preexec_fn: files cannot grow beyond `limit` bytes, also for root (unlike chmod);
+    with SIGXFSZ ignored, a write beyond fails with EFBIG as on a full disk."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.slow
+def test_failed_checkpoint_write_keeps_the_previous_one(monkeypatch, tmp_path, dataset):
+    csv, images = dataset
+    root = tmp_path / 'run'
+    assert train_in_process(monkeypatch, '--train_set', csv, '--image_root', images,
+                            '--experiment_root', root, *TINY, '--train_iterations', '2',
+                            '--checkpoint_frequency', '1') == 0
+    stored = json.loads((root / 'args.json').read_text())
+    (root / 'args.json').write_text(json.dumps({**stored, 'train_iterations': 3}))
+    before = {p.name: p.read_bytes() for p in root.glob('checkpoint*')}
+    limit = 64 * 1024
+    assert max(len(data) for data in before.values()) > limit  # the next one cannot be written
+    result = subprocess.run([sys.executable, str(ROOT / 'train.py'), '--experiment_root', root,
+                             '--resume'], cwd=ROOT, text=True,
+                            capture_output=True, timeout=240, preexec_fn=file_size_limit(limit))
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith('train.py: error: cannot save ') and 'checkpoint-3' in error, error
+    assert 'Traceback' not in result.stderr and 'checkpoint-2' in error
+    assert {p.name: p.read_bytes() for p in root.glob('checkpoint*')} == before
+    assert not list(root.glob('*_temp*'))
+    latest = tf.train.latest_checkpoint(str(root))
+    assert latest.endswith('checkpoint-2') and stored_step(latest) == 2
+    model = build_model('mobilenet_v1_0_25', 'direct', 8)
+    restored = tf.train.Checkpoint(model=model).restore(latest)
+    restored.expect_partial().assert_existing_objects_matched()

@@ -1,5 +1,7 @@
 """trinet_embed.py against an independent NumPy TriNet, on an npz written in Lasagne order."""
 import math
+import subprocess
+import sys
 
 import cv2
 import h5py
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 
 import common
-from conftest import assert_close_float32
+from conftest import ROOT, assert_close_float32
 import trinet_embed
 
 # From the issue (the paper's script): BGR order, subtracted after the float conversion.
@@ -184,6 +186,19 @@ def test_shape_mismatch_names_first_bad_array(arrays, tmp_path):
 
 
 # ----------------------------------------------------------------------------- images
+def test_pickled_npz_is_refused_not_loaded(tmp_path):
+    # An object array is stored as a pickle, which could run any code when loaded.
+    np.savez(tmp_path / 'pickled.npz', np.array([{'evil': 1}], dtype=object))
+    paths, _ = write_images(tmp_path, count=1)
+    (tmp_path / 'files.txt').write_text(f'{paths[0]}\n')
+    result = subprocess.run([sys.executable, str(ROOT / 'trinet_embed.py'), 'files.txt',
+                             str(tmp_path / 'pickled.npz')], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert 'pickled.npz' in lines[0] and 'allow_pickle' in lines[0]
+
+
 def test_ten_crops_geometry():
     # Blue = row / 2, green = column, red = a hash of both: every pixel says where it came from.
     y, x = np.mgrid[:288, :144]
@@ -241,7 +256,7 @@ def test_csv_and_h5_output(npz_file, model, tmp_path, capsys):
     np.testing.assert_array_equal(common.load_embeddings(h5_file), csv_embs)
     with h5py.File(h5_file, 'r') as f:
         np.testing.assert_array_equal(f['embs'][()], csv_embs)
-    assert not (tmp_path / 'emb.h5.tmp').exists()
+    assert not list(tmp_path.glob('emb.h5.tmp*'))
 
 
 def test_unreadable_image_is_named(npz_file, tmp_path, capsys):
@@ -267,7 +282,7 @@ def test_streams_until_an_image_does_not_decode(npz_file, tmp_path, capsys):
                            '--batch_size', '2'])
     # The first batch was printed before the second was read; no partial HDF5 file is left.
     assert [line.split(',')[0] for line in capsys.readouterr().out.splitlines()] == paths
-    assert not h5_file.exists() and not (tmp_path / 'emb.h5.tmp').exists()
+    assert not h5_file.exists() and not list(tmp_path.glob('emb.h5.tmp*'))
 
 
 @pytest.mark.parametrize('argv', [[], ['files.txt'], ['a', 'b', '--batch_size', '0']])
