@@ -132,12 +132,21 @@ def draw_person(image: np.ndarray, rng: np.random.Generator, person: dict, cam: 
     cx = w / 2 + rng.uniform(-0.12, 0.12) * w
     top = h - height - rng.uniform(0.0, 0.06) * h
     half = 0.8 * u * person['build']
-    shoulder_y, hip_y = top + 1.1 * u, top + 3.9 * u
-    stride, swing = rng.uniform(-0.35, 0.35), rng.uniform(-0.5, 0.5)
-    flip = 1 if rng.random() < 0.5 else -1  # which side the shoulder bag and split colours show
+    pose = {'u': u, 'cx': cx, 'top': top, 'half': half, 'back': back,
+            'shoulder_y': top + 1.1 * u, 'hip_y': top + 3.9 * u,
+            'stride': rng.uniform(-0.35, 0.35), 'swing': rng.uniform(-0.5, 0.5),
+            # which side the shoulder bag and split colours show
+            'flip': 1 if rng.random() < 0.5 else -1}
+    draw_legs(image, person, pose)  # first, so that the torso hides the hip joints
+    draw_torso(image, person, pose)
+    draw_arms(image, person, pose)
+    draw_head(image, person, pose)
 
-    # Legs first, so that the torso hides the hip joints.
-    for side, angle in ((-1, stride), (1, -stride)):
+
+def draw_legs(image: np.ndarray, person: dict, pose: dict) -> None:
+    """Legs, shoes, a skirt, and a backpack seen from the front."""
+    u, cx, half, hip_y = pose['u'], pose['cx'], pose['half'], pose['hip_y']
+    for side, angle in ((-1, pose['stride']), (1, -pose['stride'])):
         hip = (cx + side * 0.45 * half, hip_y)
         legwear = person['bottom'] if person['legwear'] == 'trousers' else person['skin']
         foot = limb(image, hip, angle, 3.9 * u, 0.6 * u, legwear)
@@ -150,11 +159,16 @@ def draw_person(image: np.ndarray, rng: np.random.Generator, person: dict, cam: 
         skirt = np.array([[cx - half, hip_y - 0.2 * u], [cx + half, hip_y - 0.2 * u],
                           [cx + 1.4 * half, hip_y + 1.9 * u], [cx - 1.4 * half, hip_y + 1.9 * u]])
         cv2.fillPoly(image, [skirt.astype(np.int32)], person['bottom'], cv2.LINE_AA)
-    if person['bag'] == 'backpack' and not back:  # seen from the front, only a bit sticks out
-        cv2.rectangle(image, (int(cx - 1.25 * half), int(shoulder_y + 0.3 * u)),
+    if person['bag'] == 'backpack' and not pose['back']:  # from the front only a bit sticks out
+        cv2.rectangle(image, (int(cx - 1.25 * half), int(pose['shoulder_y'] + 0.3 * u)),
                       (int(cx + 1.25 * half), int(hip_y - 0.5 * u)), person['bag_colour'], -1)
 
-    # The torso, with the identity's pattern.
+
+def draw_torso(image: np.ndarray, person: dict, pose: dict) -> None:
+    """The torso with the identity's pattern, and a backpack seen from behind."""
+    h, w = image.shape[:2]
+    u, cx, half, back = pose['u'], pose['cx'], pose['half'], pose['back']
+    shoulder_y, hip_y = pose['shoulder_y'], pose['hip_y']
     torso = np.array([[cx - half, shoulder_y], [cx + half, shoulder_y],
                       [cx + 0.85 * half, hip_y], [cx - 0.85 * half, hip_y]]).astype(np.int32)
     mask = np.zeros((h, w), np.uint8)
@@ -169,7 +183,7 @@ def draw_person(image: np.ndarray, rng: np.random.Generator, person: dict, cam: 
     elif pattern == 'vstripes':
         layer[((xs - int(cx)) // period % 2 == 1).repeat(h, 0)] = person['top2']
     elif pattern == 'split':
-        layer[((xs - cx) * flip > 0).repeat(h, 0)] = person['top2']
+        layer[((xs - cx) * pose['flip'] > 0).repeat(h, 0)] = person['top2']
     elif pattern == 'logo' and not back:
         cv2.circle(layer, (int(cx), int(shoulder_y + 1.1 * u)), max(1, int(0.45 * half)),
                    person['top2'], -1)
@@ -178,10 +192,14 @@ def draw_person(image: np.ndarray, rng: np.random.Generator, person: dict, cam: 
         cv2.rectangle(image, (int(cx - 0.75 * half), int(shoulder_y + 0.3 * u)),
                       (int(cx + 0.75 * half), int(hip_y - 0.3 * u)), person['bag_colour'], -1)
 
-    # Arms swing against the legs; short sleeves leave the forearm bare.
+
+def draw_arms(image: np.ndarray, person: dict, pose: dict) -> None:
+    """Arms swing against the legs; short sleeves leave the forearm bare. A shoulder bag."""
+    u, cx, half, stride = pose['u'], pose['cx'], pose['half'], pose['stride']
+    shoulder_y, hip_y, flip = pose['shoulder_y'], pose['hip_y'], pose['flip']
     for side in (-1, 1):
         shoulder = (cx + side * 0.95 * half, shoulder_y + 0.25 * u)
-        angle = side * 0.12 + swing * side * (1 if side * stride > 0 else -1)
+        angle = side * 0.12 + pose['swing'] * side * (1 if side * stride > 0 else -1)
         sleeve = 1.3 * u if person['short_sleeves'] else 3.0 * u
         limb(image, shoulder, angle, 3.0 * u, 0.45 * u, person['skin'])
         limb(image, shoulder, angle, sleeve, 0.5 * u, person['top'])
@@ -192,13 +210,17 @@ def draw_person(image: np.ndarray, rng: np.random.Generator, person: dict, cam: 
         cv2.rectangle(image, (int(x - 0.45 * u), int(hip_y - 0.3 * u)),
                       (int(x + 0.45 * u), int(hip_y + 0.6 * u)), person['bag_colour'], -1)
 
-    # Head: hair covers it from behind; long hair falls on the shoulders.
+
+def draw_head(image: np.ndarray, person: dict, pose: dict) -> None:
+    """Hair covers the head from behind; long hair falls on the shoulders; a hat."""
+    u, cx, top = pose['u'], pose['cx'], pose['top']
     head = (int(cx), int(top + 0.55 * u))
     radius = max(2, int(0.5 * u))
     if person['long_hair']:
         cv2.rectangle(image, (int(cx - 0.6 * u), head[1]),
-                      (int(cx + 0.6 * u), int(shoulder_y + 0.6 * u)), person['hair'], -1)
-    cv2.circle(image, head, radius, person['hair'] if back else person['skin'], -1, cv2.LINE_AA)
+                      (int(cx + 0.6 * u), int(pose['shoulder_y'] + 0.6 * u)), person['hair'], -1)
+    cv2.circle(image, head, radius, person['hair'] if pose['back'] else person['skin'], -1,
+               cv2.LINE_AA)
     cv2.ellipse(image, head, (radius, radius), 0, 180, 360, person['hair'], -1, cv2.LINE_AA)
     if person['hat'] is not None:
         cv2.rectangle(image, (int(cx - 0.6 * u), int(top - 0.1 * u)),
@@ -221,8 +243,8 @@ def photograph(image: np.ndarray, rng: np.random.Generator, cam: dict) -> bytes:
 
 
 # ----------------------------------------------------------------------------- main
-def main() -> None:
-    args = parser.parse_args()
+def prepare_output(args: argparse.Namespace) -> Path:
+    """Checks the flags and empties (or makes) the output's split folders; returns it."""
     if args.cameras < 2:
         raise common.InputError(f'--cameras {args.cameras}: cross-camera re-id needs at least 2')
     if args.cameras > 9:
@@ -241,6 +263,12 @@ def main() -> None:
             (out / sub).mkdir(parents=True)
     except OSError as e:
         raise common.InputError(f'cannot write to {out}: {e}') from None
+    return out
+
+
+def main() -> None:
+    args = parser.parse_args()
+    out = prepare_output(args)
 
     # Separate streams per identity and camera: identity 0150 looks the same whatever the
     # number of training identities or cameras.
@@ -285,7 +313,8 @@ def main() -> None:
         shoot('-1', person, int(rng.integers(args.cameras)), 'test', 1)
 
     for split, rows in tables.items():
-        with open(out / f'demo_{split}.csv', 'w', newline='', encoding='utf-8') as f:
+        with (common.atomic_write(out / f'demo_{split}.csv') as tmp,
+              open(tmp, 'w', newline='', encoding='utf-8') as f):
             csv.writer(f, lineterminator='\n').writerows(sorted(rows, key=lambda row: row[1]))
         print(f'wrote {out}/demo_{split}.csv: {len(rows)} images of '
               f'{len({pid for pid, _ in rows})} identities')
