@@ -1,4 +1,5 @@
 """Makes the top-level modules importable and keeps TensorFlow quiet and on the CPU."""
+import json
 import os
 import sys
 from pathlib import Path
@@ -51,6 +52,116 @@ def assert_close_float32(got, want, model, reference_float64: bool = False) -> N
     got, want = np.asarray(got), np.asarray(want)
     tolerance = float32_tolerance(model) / (2 if reference_float64 else 1)
     np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * np.abs(want).max())
+
+
+# ----------------------------------------------------------------------------- tiny experiments
+# The experiment root that the embed and export tests write: net, head, sizes.
+TINY_NET, TINY_HEAD, TINY_DIM = 'mobilenet_v1_0_25', 'fc1024', 8
+TINY_NET_SIZE, TINY_PRE_CROP = (32, 16), (40, 20)
+
+
+def write_smooth_images(root: Path, fids: list[str], sizes: list[tuple[int, int]],
+                        seed: int = 0) -> None:
+    """JPEG, PNG and greyscale PNG files (by the name's ending) of the given (h, w) sizes.
+
+    Smooth images, so that resizing and cropping make visible, not noise-like, changes.
+    """
+    import cv2
+    rng = np.random.default_rng(seed)
+    for fid, (h, w) in zip(fids, sizes, strict=True):
+        small = rng.integers(0, 256, (4, 3, 3), dtype=np.uint8)
+        pixels = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        (root / fid).parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(root / fid), pixels[..., 0] if fid.endswith('grey.png') else pixels)
+
+
+def randomize(model, seed: int, size: tuple[int, int] = TINY_NET_SIZE) -> None:
+    """Weights as after training: each image gets its own embedding, and a checkpoint not loaded
+    shows.
+
+    With freshly initialised batch norm statistics (mean 0, variance 1) the activations of a deep
+    net explode or saturate, and every image gets the same embedding: a test comparing them
+    would prove nothing. So the statistics are those of random images, as training stores them:
+    one training-mode pass with the moving averages told to take the batch's values.
+    """
+    import tensorflow as tf
+    rng = np.random.default_rng(seed)
+    for variable in model.variables:
+        name = variable.path.split('/')[-1]
+        if name == 'gamma':
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape))
+        elif name in ('beta', 'bias'):
+            variable.assign(rng.normal(0.0, 0.2, variable.shape))
+    norms = [layer for layer in model.layers if hasattr(layer, 'moving_mean')]
+    # layers.BatchNorm keeps `decay`, Keras' BatchNormalization `momentum`: 0 = take the batch's.
+    kept = [(layer, attr, getattr(layer, attr)) for layer in norms
+            for attr in ('decay', 'momentum') if hasattr(layer, attr)]
+    for layer, attr, _ in kept:
+        setattr(layer, attr, 0.0)
+    small = rng.integers(0, 256, (16, 4, 3, 3)).astype(np.float32)
+    model(tf.image.resize(small, size), training=True)
+    for layer, attr, value in kept:
+        setattr(layer, attr, value)
+
+
+def tf2_experiment(root: Path, images_at: Path, net: str = TINY_NET, head: str = TINY_HEAD,
+                   steps: tuple[int, ...] = (0,), model=None, **settings) -> dict:
+    """Writes args.json and train.py-style checkpoints; returns {step: model weights}.
+
+    The checkpoints hold the optimizer's slots for the tiny net only: for the big nets they
+    would triple the file, and that embed.py skips them is shown once.
+    """
+    import keras
+    import tensorflow as tf
+
+    from model import build_model
+    args = {'model_name': net, 'head_name': head, 'embedding_dim': TINY_DIM,
+            'net_input_height': TINY_NET_SIZE[0], 'net_input_width': TINY_NET_SIZE[1],
+            'pre_crop_height': TINY_PRE_CROP[0], 'pre_crop_width': TINY_PRE_CROP[1],
+            'image_root': str(images_at), 'flip_augment': False, 'crop_augment': False,
+            'batch_p': 2, 'batch_k': 2, 'learning_rate': 3e-4, **settings}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / 'args.json').write_text(json.dumps(args, sort_keys=True, indent=2))
+    if model is None:
+        keras.utils.set_random_seed(0)
+        model = build_model(net, head, TINY_DIM)
+    ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64), model=model)
+    if net == TINY_NET:
+        ckpt.optimizer = keras.optimizers.Adam()
+        ckpt.optimizer.build(model.trainable_variables)
+    manager = tf.train.CheckpointManager(ckpt, str(root), max_to_keep=None,
+                                         checkpoint_name='checkpoint')
+    weights = {}
+    for step in steps:
+        randomize(model, seed=step)
+        ckpt.step.assign(step)
+        manager.save(checkpoint_number=step)
+        weights[step] = model.get_weights()
+    return weights
+
+
+def read_h5(path: Path) -> dict:
+    """Every dataset of an HDF5 file, `augmentation_types` decoded to str."""
+    import h5py
+    with h5py.File(path, 'r') as f:
+        out = {name: f[name][()] for name in f}
+    if 'augmentation_types' in out:
+        out['augmentation_types'] = [s.decode() for s in out['augmentation_types']]
+    return out
+
+
+def slim_names(model) -> dict:
+    """Our Keras variables under the slim names the 2017 TensorFlow 1 code gave them."""
+    import keras
+    rename = {'kernel': 'weights', 'bias': 'biases'}
+    names = {}
+    for layer in model.layers:
+        for variable in layer.weights:
+            name = variable.path.split('/')[-1]
+            if isinstance(layer, keras.layers.DepthwiseConv2D) and name == 'kernel':
+                name = 'depthwise_weights'
+            names[layer.name.replace('.', '/') + '/' + rename.get(name, name)] = variable.numpy()
+    return names
 
 
 # ----------------------------------------------------------------------------- file writers

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import h5py
 import keras
 import numpy as np
@@ -20,11 +19,12 @@ import tensorflow as tf
 import common
 from model import build_model, import_plugin, plugin_names
 import embed
-from conftest import assert_close_float32, float32_tolerance
+from conftest import (TINY_DIM as DIM, TINY_HEAD as HEAD, TINY_NET as NET,
+                      TINY_NET_SIZE as NET_SIZE, TINY_PRE_CROP as PRE_CROP, assert_close_float32,
+                      float32_tolerance, randomize, read_h5, slim_names, tf2_experiment,
+                      write_smooth_images)
 
 ROOT = Path(__file__).resolve().parents[1]
-NET, HEAD, DIM = 'mobilenet_v1_0_25', 'fc1024', 8
-NET_SIZE, PRE_CROP = (32, 16), (40, 20)
 # Image sizes that need up- and downscaling, one already at the net's size, one landscape.
 SIZES = [(64, 32), (50, 23), (17, 9), (128, 64), (32, 16), (33, 70), (31, 15)]
 
@@ -34,79 +34,11 @@ SIZES = [(64, 32), (50, 23), (17, 9), (128, 64), (32, 16), (33, 70), (31, 15)]
 def images(tmp_path_factory):
     """A dataset of JPEG, PNG and greyscale PNG files in sub-folders: (image_root, csv, fids)."""
     root = tmp_path_factory.mktemp('images')
-    rng = np.random.default_rng(0)
-    fids = []
-    for i, (h, w) in enumerate(SIZES):
-        # Smooth images, so that resizing and cropping make visible, not noise-like, changes.
-        small = rng.integers(0, 256, (4, 3, 3), dtype=np.uint8)
-        pixels = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-        fid = f'cam{i % 2}/{i:04d}.' + ['jpg', 'png', 'grey.png'][i % 3]
-        (root / fid).parent.mkdir(exist_ok=True)
-        assert cv2.imwrite(str(root / fid), pixels[..., 0] if fid.endswith('grey.png') else pixels)
-        fids.append(fid)
+    fids = [f'cam{i % 2}/{i:04d}.' + ['jpg', 'png', 'grey.png'][i % 3] for i in range(len(SIZES))]
+    write_smooth_images(root, fids, SIZES)
     dataset = root / 'tiny_query.csv'
     dataset.write_text(''.join(f'p{i // 2},{fid}\n' for i, fid in enumerate(fids)))
     return root, dataset, fids
-
-
-def randomize(model, seed: int) -> None:
-    """Weights as after training: each image gets its own embedding, and a checkpoint not loaded
-    shows.
-
-    With freshly initialised batch norm statistics (mean 0, variance 1) the activations of a deep
-    net explode or saturate, and every image gets the same embedding: a test comparing them
-    would prove nothing. So the statistics are those of random images, as training stores them:
-    one training-mode pass with the moving averages told to take the batch's values.
-    """
-    rng = np.random.default_rng(seed)
-    for variable in model.variables:
-        name = variable.path.split('/')[-1]
-        if name == 'gamma':
-            variable.assign(rng.uniform(0.5, 1.5, variable.shape))
-        elif name in ('beta', 'bias'):
-            variable.assign(rng.normal(0.0, 0.2, variable.shape))
-    norms = [layer for layer in model.layers if hasattr(layer, 'moving_mean')]
-    # layers.BatchNorm keeps `decay`, Keras' BatchNormalization `momentum`: 0 = take the batch's.
-    kept = [(layer, attr, getattr(layer, attr)) for layer in norms
-            for attr in ('decay', 'momentum') if hasattr(layer, attr)]
-    for layer, attr, _ in kept:
-        setattr(layer, attr, 0.0)
-    small = rng.integers(0, 256, (16, 4, 3, 3)).astype(np.float32)
-    model(tf.image.resize(small, NET_SIZE), training=True)
-    for layer, attr, value in kept:
-        setattr(layer, attr, value)
-
-
-def tf2_experiment(root: Path, images_at: Path, net: str = NET, head: str = HEAD,
-                   steps: tuple[int, ...] = (0,), model=None, **settings) -> dict:
-    """Writes args.json and train.py-style checkpoints; returns {step: model weights}.
-
-    The checkpoints hold the optimizer's slots for the tiny net only: for the big nets they
-    would triple the file, and that embed.py skips them is shown once.
-    """
-    args = {'model_name': net, 'head_name': head, 'embedding_dim': DIM,
-            'net_input_height': NET_SIZE[0], 'net_input_width': NET_SIZE[1],
-            'pre_crop_height': PRE_CROP[0], 'pre_crop_width': PRE_CROP[1],
-            'image_root': str(images_at), 'flip_augment': False, 'crop_augment': False,
-            'batch_p': 2, 'batch_k': 2, 'learning_rate': 3e-4, **settings}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / 'args.json').write_text(json.dumps(args, sort_keys=True, indent=2))
-    if model is None:
-        keras.utils.set_random_seed(0)
-        model = build_model(net, head, DIM)
-    ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64), model=model)
-    if net == NET:
-        ckpt.optimizer = keras.optimizers.Adam()
-        ckpt.optimizer.build(model.trainable_variables)
-    manager = tf.train.CheckpointManager(ckpt, str(root), max_to_keep=None,
-                                         checkpoint_name='checkpoint')
-    weights = {}
-    for step in steps:
-        randomize(model, seed=step)
-        ckpt.step.assign(step)
-        manager.save(checkpoint_number=step)
-        weights[step] = model.get_weights()
-    return weights
 
 
 def reference(weights, image_root: Path, fids, flip: bool = False, crop: str | None = None,
@@ -164,14 +96,6 @@ def assert_float32_differ(got, want, model=None):
     """Different by far more (10x) than the float32 rounding that assert_float32_equal allows."""
     tolerance = float32_tolerance(model or reference_model(NET, HEAD))
     assert np.abs(got - want).max() > 10 * tolerance * np.abs(want).max()
-
-
-def read_h5(path: Path) -> dict:
-    with h5py.File(path, 'r') as f:
-        out = {name: f[name][()] for name in f}
-    if 'augmentation_types' in out:
-        out['augmentation_types'] = [s.decode() for s in out['augmentation_types']]
-    return out
 
 
 def run_embed(*args: str) -> subprocess.CompletedProcess:
@@ -335,19 +259,6 @@ def test_augmentation(tmp_path, trained, images, flip, crop, aggregator):
 
 
 # ----------------------------------------------------------------------------- 2017 roots
-def slim_names(model) -> dict:
-    """Our Keras variables under the slim names the 2017 TensorFlow 1 code gave them."""
-    rename = {'kernel': 'weights', 'bias': 'biases'}
-    names = {}
-    for layer in model.layers:
-        for variable in layer.weights:
-            name = variable.path.split('/')[-1]
-            if isinstance(layer, keras.layers.DepthwiseConv2D) and name == 'kernel':
-                name = 'depthwise_weights'
-            names[layer.name.replace('.', '/') + '/' + rename.get(name, name)] = variable.numpy()
-    return names
-
-
 @pytest.mark.parametrize('net', plugin_names('nets'))
 def test_2017_experiment_root_of_every_net(tmp_path, images, net, write_tf1_checkpoint):
     # Every net, as the 2017 TensorFlow 1 code saved it with the paper's head. (The TF2 path

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 import pytest
@@ -20,9 +19,9 @@ import common
 import embed
 import experiment
 import export
-from conftest import ROOT, assert_close_float32
+from conftest import (ROOT, TINY_DIM as DIM, TINY_NET_SIZE as NET_SIZE, assert_close_float32,
+                      randomize, read_h5, slim_names, tf2_experiment, write_smooth_images)
 from model import build_model
-from test_embed import DIM, NET_SIZE, randomize, read_h5, slim_names, tf2_experiment
 
 NET = 'small_cnn'
 # Two images of one size make a serve_images batch; the others need up- and downscaling.
@@ -62,13 +61,9 @@ np.save('onnx.npy', session.run(['embeddings'], {'images': features})[0])
 def images(tmp_path_factory):
     """JPEG, PNG and greyscale PNG files of several sizes: (image_root, dataset csv, paths)."""
     root = tmp_path_factory.mktemp('images')
-    rng = np.random.default_rng(0)
-    paths = []
-    for i, (h, w) in enumerate(SIZES):
-        pixels = cv2.resize(rng.integers(0, 256, (4, 3, 3), dtype=np.uint8), (w, h))
-        path = root / (f'{i:04d}.' + ['jpg', 'png', 'grey.png'][i % 3])
-        assert cv2.imwrite(str(path), pixels[..., 0] if path.name.endswith('grey.png') else pixels)
-        paths.append(path)
+    fids = [f'{i:04d}.' + ['jpg', 'png', 'grey.png'][i % 3] for i in range(len(SIZES))]
+    write_smooth_images(root, fids, SIZES)
+    paths = [root / fid for fid in fids]
     dataset = root / 'files.csv'
     dataset.write_text(''.join(f'p{i},{p.name}\n' for i, p in enumerate(paths)))
     return root, dataset, paths
