@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score
+from threadpoolctl import threadpool_limits
 
 import common
 import experiment
@@ -74,6 +75,10 @@ RERANK_DEFAULTS = {'k1': 20, 'k2': 6, 'lambda_value': 0.3}
 # A batch of queries holds about 40 bytes per distance: this bounds it to ~640 MiB (both threads),
 # whatever the gallery size.
 BATCH_ENTRIES = 2**23
+# score_row sorts a query's near entries when there are fewer than this many per match, and
+# counts them once per match otherwise. Both give the same ranks; from 16 to 64 the time was
+# the same within noise on the Market-sized benchmark.
+SORT_PER_MATCH = 32
 group = parser.add_argument_group('results page', 'A folder with index.html and pictures.')
 group.add_argument('--report', default=None, metavar='DIR',
                    help='Write the results page into DIR: summary, CMC curve, AP histogram and\n'
@@ -163,6 +168,11 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     as high (score 1/(1+d)). Both only need, per match, counts of the entries ahead of it: a
     few comparison passes over the row instead of sorting the whole gallery.
     """
+    finish = None
+    if distances is None and metric == 'euclidean':
+        # Ranks only need squared distances; the square root is taken of the few entries that
+        # can be ahead of a match. Over the whole (Q, G) matrix it would cost a fifth of the time.
+        distances, finish = plain_distances(query_embs, gallery_embs, 'sqeuclidean'), _root
     distances = distances or plain_distances(query_embs, gallery_embs, metric)
     batch_size = max(1, min(batch_size, BATCH_ENTRIES // max(1, len(gallery_pids))))
     codes = {pid: code for code, pid in enumerate(np.unique(np.r_[query_pids, gallery_pids]))}
@@ -175,12 +185,14 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
         dists = distances(batch)  # (B, G)
         valid = ~excluder(query_fids[batch])
         matches = valid & (query_codes[batch, None] == gallery_codes[None, :])
-        dists[~valid] = np.inf  # an ignored entry is never ahead of a match
-        return [(start + row, *score_row(dists[row], matches[row], market_ap))
+        return [(start + row, *score_row(dists[row], valid[row], matches[row], market_ap, finish))
                 for row in np.flatnonzero(matches.any(axis=1))]
 
-    # Two threads: one can sit in the BLAS product while the other counts in Python.
-    with ThreadPoolExecutor(2) as pool:
+    # Two threads: one can sit in the BLAS product while the other counts in Python. Each
+    # product gets half the cores: OpenBLAS threads spin while they wait, and on 2 cores that
+    # spinning took a quarter of the time.
+    blas_threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    with threadpool_limits(blas_threads, user_api='blas'), ThreadPoolExecutor(2) as pool:
         results = [r for batch in pool.map(score_batch, range(0, len(query_pids), batch_size))
                    for r in batch]
     aps = np.full(len(query_pids), np.nan)
@@ -192,39 +204,56 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     return _summary(aps, first_ranks.astype(int), inps, len(gallery_pids))
 
 
-def score_row(dists: np.ndarray, matches: np.ndarray,
-              market_ap: bool) -> tuple[float, int, float]:
+def score_row(dists: np.ndarray, valid: np.ndarray, matches: np.ndarray, market_ap: bool,
+              finish: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, int, float]:
     """AP, 0-based rank of the first match and INP of one query with at least one match.
 
     Args:
-        dists: (G,) distances, inf for ignored entries. matches: (G,) bool, the valid matches.
+        dists: (G,) distances. valid: (G,) bool, the entries the excluder keeps.
+        matches: (G,) bool, the valid matches.
+        finish: a non-decreasing function that turns `dists` into the distances that define
+            the ranking (the square root of squared distances); None: `dists` are those.
     """
     # Entries farther than the farthest match are never ahead of one: count among the nearer
-    # ones only (in gallery order). The small margin keeps those whose score 1/(1+d) rounds to
-    # that of the farthest match.
+    # ones only (in gallery order). The margin keeps those whose score 1/(1+d) rounds to that
+    # of the farthest match, and those that `finish` rounds to its distance.
     farthest = dists[matches].max()
-    near = np.flatnonzero(dists <= farthest + 1e-9 * (1 + farthest))
-    near_dists = dists[near]
+    near = np.flatnonzero((dists <= farthest + 1e-8 * (1 + abs(farthest))) & valid)
+    near_dists = dists[near] if finish is None else finish(dists[near])
     hits = np.flatnonzero(matches[near])  # positions in `near`
-    if market_ap:
+    scores = 1 / (1 + near_dists)  # as the loop computes them: ties stay ties
+    hit_scores = np.sort(scores[hits])
+    # Counting the entries ahead of each match costs O(near) per match; with many matches,
+    # one stable sort of the near entries is cheaper.
+    if len(hits) * SORT_PER_MATCH > len(near):
+        order = np.argsort(near_dists, kind='stable')
+        position = np.empty(len(near), int)
+        position[order] = np.arange(len(near))
+        ranks = np.sort(position[hits])
+        at_least = np.searchsorted(-scores[order], -hit_scores, 'right')  # scores >= each
+    elif market_ap:
         ranks = np.sort(_stable_ranks(near_dists, hits))
-        n = np.arange(1, len(hits) + 1)
-        # The precision one rank earlier; 1 before the first entry, as MATLAB starts.
-        previous = np.where(ranks > 0, (n - 1) / np.maximum(ranks, 1), 1.0)
-        ap = np.mean((n / (ranks + 1) + previous) / 2)
-        first, last = ranks[0], ranks[-1]
     else:
-        scores = 1 / (1 + near_dists)  # as the loop computes them: ties stay ties
-        hit_scores = np.sort(scores[hits])
         at_least = np.array([np.count_nonzero(scores >= s) for s in hit_scores])
-        hits_at_least = len(hits) - np.searchsorted(hit_scores, hit_scores, 'left')
-        ap = np.mean(hits_at_least / at_least)
         # Of equally distant hits, the first in gallery order comes first.
         hit_dists = near_dists[hits]
         first_hit = np.argmin(hit_dists)
         last_hit = len(hits) - 1 - np.argmax(hit_dists[::-1])
-        first, last = _stable_ranks(near_dists, hits[[first_hit, last_hit]])
-    return ap, first, len(hits) / (last + 1)
+        ranks = _stable_ranks(near_dists, hits[[first_hit, last_hit]])
+    if market_ap:
+        n = np.arange(1, len(hits) + 1)
+        # The precision one rank earlier; 1 before the first entry, as MATLAB starts.
+        previous = np.where(ranks > 0, (n - 1) / np.maximum(ranks, 1), 1.0)
+        ap = np.mean((n / (ranks + 1) + previous) / 2)
+    else:
+        hits_at_least = len(hits) - np.searchsorted(hit_scores, hit_scores, 'left')
+        ap = np.mean(hits_at_least / at_least)
+    return ap, ranks[0], len(hits) / (ranks[-1] + 1)
+
+
+def _root(squared: np.ndarray) -> np.ndarray:
+    """Euclidean distances from squared ones, exactly as loss.cdist_to computes them."""
+    return np.sqrt(squared + 1e-12)
 
 
 def plain_distances(query_embs: np.ndarray, gallery_embs: np.ndarray,

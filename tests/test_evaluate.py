@@ -49,10 +49,16 @@ def assert_same(fast, slow):
     assert abs(fast['mINP'] - slow['mINP']) < 1e-6
 
 
+@pytest.fixture(params=['sort', 'count'])
+def ranking(request, monkeypatch):
+    """score_row's two ways to rank the matches: sorting the near entries, or counting."""
+    monkeypatch.setattr(evaluate, 'SORT_PER_MATCH', 10**9 if request.param == 'sort' else 0)
+
+
 @pytest.mark.parametrize('market_ap', [False, True])
 @pytest.mark.parametrize('metric', ['euclidean', 'sqeuclidean', 'cityblock'])
 @pytest.mark.parametrize('kind', ['random', 'clustered', 'integer'])
-def test_batched_equals_loop(kind, metric, market_ap):
+def test_batched_equals_loop(kind, metric, market_ap, ranking):
     rng = np.random.default_rng(hash((kind, metric, market_ap)) % 2**32)
     query_pids, query_fids, gallery_pids, gallery_fids = toy_market(rng)
     query_embs = embeddings(rng, query_pids, kind)
@@ -66,7 +72,7 @@ def test_batched_equals_loop(kind, metric, market_ap):
 
 
 @pytest.mark.parametrize('market_ap', [False, True])
-def test_duplicated_embeddings_tie_in_gallery_order(market_ap):
+def test_duplicated_embeddings_tie_in_gallery_order(market_ap, ranking):
     """Identical gallery embeddings tie exactly; both versions must break ties the same way."""
     rng = np.random.default_rng(3)
     query_pids, query_fids, gallery_pids, gallery_fids = toy_market(rng)
