@@ -21,7 +21,7 @@ import experiment
 from model import build_model, slim_name
 import loss
 import train
-from conftest import ROOT
+from conftest import ROOT, file_size_limit
 
 TINY = ['--model_name', 'mobilenet_v1_0_25', '--head_name', 'direct', '--embedding_dim', '8',
         '--batch_p', '4', '--batch_k', '3', '--net_input_height', '32', '--net_input_width', '16',
@@ -201,6 +201,23 @@ def test_dataset_batches_match_after_resume(dataset):
     images_0 = from_start[0][0].numpy()
     assert images_0.shape == (12, 32, 16, 3) and images_0.dtype == np.float32
     assert 0 <= images_0.min() and images_0.max() <= 255
+
+
+def test_keep_checkpoints_prunes_the_oldest_also_in_a_resumed_run(tmp_path):
+    weights, slots = tf.Variable([1.0]), tf.Variable([2.0])  # stand-ins of model and Adam
+
+    def save_all(keep, steps):
+        step, manager = experiment.training_checkpoint(tmp_path, weights, slots, keep)
+        for done in steps:
+            step.assign(done)
+            manager.save(checkpoint_number=done)
+    save_all(2, [0, 5, 10])
+    assert checkpoint_steps(tmp_path) == [5, 10]
+    save_all(2, [15])  # a new manager, as a resumed run has: it prunes the earlier run's too
+    assert checkpoint_steps(tmp_path) == [10, 15]
+    assert stored_step(tf.train.latest_checkpoint(str(tmp_path))) == 15
+    save_all(0, [20, 25, 30])  # 0: all kept
+    assert checkpoint_steps(tmp_path) == [10, 15, 20, 25, 30]
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -478,17 +495,6 @@ def test_one_run_per_root_and_a_killed_run_is_taken_over(tmp_path, dataset):
     assert f'took over {root / experiment.LOCK_FILE}' in log and f'pid {first.pid}' in log, warning
     assert (root / experiment.LOCK_FILE).read_text() == ''  # released: no warning next time
     assert stored_step(tf.train.latest_checkpoint(str(root))) >= 1
-
-
-def file_size_limit(limit: int):
-    """A preexec_fn: files cannot grow beyond `limit` bytes, also for root (unlike chmod);
-    with SIGXFSZ ignored, a write beyond fails with EFBIG as on a full disk."""
-    import resource
-
-    def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
 
 
 @pytest.mark.slow
