@@ -155,6 +155,24 @@ def temporary_name(path: str | os.PathLike) -> Path:
     return path.with_name(f'{path.name}.tmp-{os.getpid()}')
 
 
+def probe_writable(path: str | os.PathLike) -> None:
+    """Fails now, not after an hour of embedding, if `path` cannot be written.
+
+    Raises:
+        InputError: `path` is a folder, or a file cannot be created beside it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f'cannot write {path}: it is a folder')
+    probe = temporary_name(path)  # the name the writer uses: no other process's
+    try:
+        with open(probe, 'wb'):
+            pass
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f'cannot write {path}: {e.strerror or e}') from None
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path` to write; when the block ends without error it
