@@ -82,8 +82,8 @@ parser.add_argument('--seed', default=None, type=common.nonnegative_int,
                          'drawn at random and stored in args.json, so --resume continues it.')
 parser.add_argument('--deterministic', action='store_true', default=False,
                     help="TensorFlow's op determinism: with the same --seed, runs give "
-                         'bit-identical weights, also when killed and resumed (slower, mostly '
-                         'on GPUs; see the README).')
+                         'bit-identical weights, also when killed and resumed (costs speed on '
+                         'GPUs, not measurably on CPUs; see the README).')
 parser.add_argument('--keep_checkpoints', default=0, type=common.nonnegative_int,
                     help='Keep only the latest this many checkpoints; 0: keep all of them, as '
                          'the 2017 code did.')
