@@ -6,6 +6,7 @@ only) starts in a fraction of a second instead of paying TensorFlow's ~3.5 s imp
 import argparse
 import contextlib
 import csv
+import io
 import logging
 import os
 import sys
@@ -154,6 +155,24 @@ def temporary_name(path: str | os.PathLike) -> Path:
     return path.with_name(f'{path.name}.tmp-{os.getpid()}')
 
 
+def probe_writable(path: str | os.PathLike) -> None:
+    """Fails now, not after an hour of embedding, if `path` cannot be written.
+
+    Raises:
+        InputError: `path` is a folder, or a file cannot be created beside it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f'cannot write {path}: it is a folder')
+    probe = temporary_name(path)  # the name the writer uses: no other process's
+    try:
+        with open(probe, 'wb'):
+            pass
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f'cannot write {path}: {e.strerror or e}') from None
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path` to write; when the block ends without error it
@@ -171,7 +190,10 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         raise InputError(f'cannot write {path}: {e.strerror or e}') from None
     finally:
-        tmp.unlink(missing_ok=True)
+        # Not there (the rename happened, or nothing was written), or on a read-only disk,
+        # where even a missing file's unlink fails with EROFS, not ENOENT.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def save_embeddings(h5_file: str | os.PathLike, emb: np.ndarray, emb_aug: np.ndarray | None = None,
@@ -181,15 +203,25 @@ def save_embeddings(h5_file: str | os.PathLike, emb: np.ndarray, emb_aug: np.nda
     The file is written under a temporary name and renamed, so an interrupted run never
     leaves a truncated file under the final name. `embs` is a soft link to `emb`, the name
     the 2017 code wrote.
+
+    Raises:
+        InputError: the file cannot be written (a full disk, a file size limit, a read-only
+            folder); a previous file of that name stays as it was.
     """
     import h5py
-    with atomic_write(h5_file) as tmp, h5py.File(tmp, 'w') as f:
+    # Built in memory, then written with plain file writes: when a write fails (a full disk),
+    # the HDF5 library ends the process with a segmentation fault instead of an error
+    # (h5py 3, HDF5 1.14). It costs the file's size in memory once more.
+    image = io.BytesIO()
+    with h5py.File(image, 'w') as f:
         f.create_dataset('emb', data=np.asarray(emb, np.float32))
         f['embs'] = h5py.SoftLink('/emb')
         if emb_aug is not None:
             f.create_dataset('emb_aug', data=np.asarray(emb_aug, np.float32))
             f.create_dataset('augmentation_types', dtype=h5py.string_dtype(),
                              data=np.array(augmentation_types, dtype=object))
+    with atomic_write(h5_file) as tmp:
+        tmp.write_bytes(image.getbuffer())
 
 
 # ----------------------------------------------------------------------------- logging

@@ -215,19 +215,6 @@ def first_undecodable(paths: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def probe_writable(path: Path) -> None:
-    """Fails now, not after an hour of embedding, if `path` cannot be written."""
-    if path.is_dir():
-        raise common.InputError(f'cannot write {path}: it is a folder')
-    probe = common.temporary_name(path)  # the name the writer uses: no other process's
-    try:
-        with open(probe, 'wb'):
-            pass
-        probe.unlink()
-    except OSError as e:
-        raise common.InputError(f'cannot write {path}: {e.strerror or e}') from None
-
-
 def write_csv(path: Path | None, fids: np.ndarray, emb: np.ndarray) -> None:
     """Writes `fid,v1,...,vD` lines to `path` (None: standard output), atomically for files."""
     def write(f):
@@ -314,10 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     image_root = Path(args.image_root or '.').expanduser()
     pids, fids = common.load_dataset(args.dataset, image_root, check_files=True)
     filename = root / (args.filename or f'{Path(args.dataset).stem}_embeddings.h5')
-    probe_writable(filename)
+    common.probe_writable(filename)
     csv_file = None if args.csv in (None, '-') else root / args.csv
     if csv_file is not None:
-        probe_writable(csv_file)
+        common.probe_writable(csv_file)
     if 'crop_augment' in trained and bool(trained['crop_augment']) != bool(args.crop_augment):
         log.warning('crop augmentation differs between training (%s) and embedding (%s): the '
                     'net sees people at another scale than it learned',

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,7 +85,8 @@ def check_crop_size(net_size: tuple[int, int], pre_crop_size: tuple[int, int],
 # ----------------------------------------------------------------------------- args.json
 def write_args(root: Path, args: argparse.Namespace) -> None:
     """Writes every argument of the run to `root/args.json`: sorted keys, indented."""
-    (root / ARGS_FILE).write_text(json.dumps(vars(args), sort_keys=True, indent=2) + '\n')
+    with common.atomic_write(root / ARGS_FILE) as tmp:  # a kill leaves none or a whole one
+        tmp.write_text(json.dumps(vars(args), sort_keys=True, indent=2) + '\n')
 
 
 def read_args(path: Path) -> dict:
@@ -301,21 +303,46 @@ def restore_model(model, checkpoint: Path, embedding_dim: int, tf1: bool,
                                 f'{str(e).splitlines()[0]}') from None
 
 
-def training_checkpoint(root: Path, model, optimizer):
+def training_checkpoint(root: Path, model, optimizer, keep: int = 0):
     """The step counter and the checkpoint manager of a training run in `root`.
+
+    Args:
+        root: the experiment root.
+        model, optimizer: saved with the step.
+        keep: how many of the latest checkpoints the manager keeps, deleting older ones as it
+            saves new ones; 0 keeps all (the 2017 code's Saver had max_to_keep=0).
 
     Returns:
         (step, manager): `step` a tf.Variable (int64, iterations done) saved with the model
-        and the optimizer; `manager` saves `checkpoint-<step>` files, keeping all of them.
+        and the optimizer; `manager` saves `checkpoint-<step>` files.
     """
     import tensorflow as tf
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = tf.train.Checkpoint(step=step, model=model, optimizer=optimizer)
     # The manager writes the `checkpoint` state file only after the data files are complete,
-    # so a crash while saving leaves the previous latest checkpoint in place and readable.
-    manager = tf.train.CheckpointManager(checkpoint, str(root), max_to_keep=None,
+    # and deletes old checkpoints only after that, so a crash while saving leaves the previous
+    # latest checkpoint in place and readable. The state file lists the kept checkpoints, so
+    # a resumed run goes on pruning those of the runs before it.
+    manager = tf.train.CheckpointManager(checkpoint, str(root), max_to_keep=keep or None,
                                          checkpoint_name=CHECKPOINT_NAME)
     return step, manager
+
+
+def remove_partial_checkpoints(root: Path) -> list[str]:
+    """Deletes what a run killed while saving a checkpoint left in `root`, to be called with
+    the lock held: TensorFlow's shard folders `checkpoint-<step>_temp` (a stale file in one
+    would outlive the next save of that step) and temporary copies of the state file.
+
+    Returns:
+        The names removed.
+    """
+    partial = [*root.glob(f'{CHECKPOINT_NAME}-*_temp'), *root.glob(f'{CHECKPOINT_NAME}.tmp*')]
+    for path in partial:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return sorted(path.name for path in partial)
 
 
 def restore_training(manager, description: str) -> str | None:

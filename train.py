@@ -80,6 +80,13 @@ parser.add_argument('--detailed_logs', action='store_true', default=False,
 parser.add_argument('--seed', default=None, type=common.nonnegative_int,
                     help='Seed of batch sampling, augmentation and initialisation; default: '
                          'drawn at random and stored in args.json, so --resume continues it.')
+parser.add_argument('--deterministic', action='store_true', default=False,
+                    help="TensorFlow's op determinism: with the same --seed, runs give "
+                         'bit-identical weights, also when killed and resumed (costs speed on '
+                         'GPUs, not measurably on CPUs; see the README).')
+parser.add_argument('--keep_checkpoints', default=0, type=common.nonnegative_int,
+                    help='Keep only the latest this many checkpoints; 0: keep all of them, as '
+                         'the 2017 code did.')
 parser.add_argument('--jit', action='store_true', default=False,
                     help='Compile the training step with XLA: for GPUs (2x slower on CPUs).')
 
@@ -332,16 +339,23 @@ def build_training(args: argparse.Namespace, root: Path, log):
         (model, optimizer, step, manager): `step` the tf.Variable of iterations done.
     """
     import keras
-    keras.utils.set_random_seed(args.seed)
+    import tensorflow as tf
+    if args.deterministic:  # before any op runs; kernels without a deterministic version fail
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(args.seed)  # the initialisation; batches are seeded apart
     model = build_model(args.model_name, args.head_name, args.embedding_dim)
     # TF1's Adam (which the 2017 code used) has epsilon 1e-8; Keras' default is 1e-7.
     optimizer = keras.optimizers.Adam(learning_rate=args.learning_rate, epsilon=1e-8)
     optimizer.build(model.trainable_variables)  # so that its slots are in every checkpoint
-    step, manager = experiment.training_checkpoint(root, model, optimizer)
+    removed = experiment.remove_partial_checkpoints(root)
+    if removed:
+        log.warning('removed %s: the partial checkpoint of a run killed while saving',
+                    ', '.join(removed))
+    step, manager = experiment.training_checkpoint(root, model, optimizer, args.keep_checkpoints)
     latest = (experiment.restore_training(manager, f'{args.model_name} + {args.head_name}')
               if args.resume else None)
     if latest:
-        log.info('restored %s (iteration %d)', latest, int(step.numpy()))
+        log.info('resuming from %s: iteration %d on', latest, int(step.numpy()) + 1)
     else:
         if args.resume:
             log.warning('no checkpoint in %s: starting from the initialisation', root)

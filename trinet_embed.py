@@ -15,7 +15,6 @@ Exit codes: 1 for a bad command line (as the 2017 script), 2 for an input that c
 (missing or unreadable file list, weights or image, weights of the wrong shapes).
 """
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -290,26 +289,24 @@ def main(argv: list[str] | None = None) -> int:
     entries = read_image_list(args.image_list)
     weights = load_weights(args.weights)
 
-    # The HDF5 file is filled batch by batch under a temporary name and renamed at the end, so
-    # an interrupted run leaves no truncated file under the final name.
-    with contextlib.ExitStack() as stack:
-        h5 = None
-        if args.h5:
-            import h5py
-            h5 = stack.enter_context(h5py.File(stack.enter_context(
-                common.atomic_write(args.h5)), 'w'))
-            h5.create_dataset('emb', (len(entries), EMB_DIM), np.float32)
-            h5['embs'] = h5py.SoftLink('/emb')  # the 2017 name
-        start = embed_all(entries, weights, args, h5, log)
+    # The HDF5 file is written at the end, through save_embeddings: an interrupted run leaves
+    # no truncated file, and a full disk gives an error instead of the HDF5 library's crash.
+    if args.h5:
+        common.probe_writable(args.h5)
+    embs = [] if args.h5 else None
+    start = embed_all(entries, weights, args, embs, log)
+    if args.h5:
+        common.save_embeddings(args.h5, np.concatenate(embs))
     seconds = time.perf_counter() - start
     log.info(f'embedded {len(entries)} images in {seconds:.1f} s '
              f'({len(entries) / seconds:.2f} images/s)')
     return 0
 
 
-def embed_all(entries: list, weights: dict, args: argparse.Namespace, h5, log) -> float:
-    """Prints the embedding line of every image, batch by batch, and fills `h5['emb']` if
-    given; returns the time it started."""
+def embed_all(entries: list, weights: dict, args: argparse.Namespace, kept: list | None,
+              log) -> float:
+    """Prints the embedding line of every image, batch by batch, and appends each batch's
+    (B, 128) embeddings to `kept` if given; returns the time it started."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     import tensorflow as tf
     model = build_model(weights)
@@ -328,8 +325,8 @@ def embed_all(entries: list, weights: dict, args: argparse.Namespace, h5, log) -
         lines = [','.join([path, *map(str, emb)])
                  for (_, path), emb in zip(batch, embs, strict=True)]
         print('\n'.join(lines), flush=True)
-        if h5 is not None:
-            h5['emb'][first:first + len(batch)] = embs
+        if kept is not None:
+            kept.append(embs)
     return start
 
 

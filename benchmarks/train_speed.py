@@ -9,6 +9,12 @@ BatchNormalization, ReLU, Dense). Steps of the two alternate, so that load from 
 processes hits both alike; the median step time of each is used.
 
     python benchmarks/train_speed.py [--steps 3] [--batch_p 18 --batch_k 4] [--jit]
+    python benchmarks/train_speed.py --determinism
+
+`--determinism` times what train.py --deterministic costs instead: the same step of "ours"
+with TensorFlow's op determinism on and off, two copies of the model, alternating. The
+switch is flipped before every step (TensorFlow's internal disable_op_determinism, the
+counterpart of tf.config.experimental.enable_op_determinism, which has no public one).
 """
 import argparse
 import os
@@ -30,6 +36,8 @@ parser.add_argument('--batch_k', type=common.positive_int, default=4, help='imag
 parser.add_argument('--height', type=common.positive_int, default=256, help='input height, pixels')
 parser.add_argument('--width', type=common.positive_int, default=128, help='input width, pixels')
 parser.add_argument('--jit', action='store_true', help='compile both steps with XLA')
+parser.add_argument('--determinism', action='store_true',
+                    help='time ours with op determinism on vs off, instead of vs plain Keras')
 
 
 def plain_keras_model(height: int, width: int, embedding_dim: int = 128):
@@ -56,9 +64,18 @@ def main():
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(0, 255, (batch, args.height, args.width, 3)), tf.float32)
     pids = tf.constant(np.repeat(np.arange(args.batch_p), args.batch_k), tf.int32)
-    models = {'ours (resnet_v1_50 + fc1024, train.py)': build_model(
-                  'resnet_v1_50', 'fc1024', 128),
-              'plain Keras 3 (applications.ResNet50)': plain_keras_model(args.height, args.width)}
+    if args.determinism:
+        from tensorflow.python.framework import config
+        models = {'ours, op determinism on': build_model('resnet_v1_50', 'fc1024', 128),
+                  'ours, op determinism off': build_model('resnet_v1_50', 'fc1024', 128)}
+        switch = {'ours, op determinism on': config.enable_op_determinism,
+                  'ours, op determinism off': config.disable_op_determinism}
+    else:
+        models = {'ours (resnet_v1_50 + fc1024, train.py)': build_model(
+                      'resnet_v1_50', 'fc1024', 128),
+                  'plain Keras 3 (applications.ResNet50)': plain_keras_model(args.height,
+                                                                             args.width)}
+        switch = {name: lambda: None for name in models}
     steps = {}
     for name, model in models.items():
         optimizer = keras.optimizers.Adam(learning_rate=3e-4, epsilon=1e-8)
@@ -66,10 +83,12 @@ def main():
         steps[name] = train.make_train_step(model, optimizer, 'batch_hard', 'soft', 'euclidean',
                                             jit=args.jit)
     times = {name: [] for name in steps}
-    for step in steps.values():
+    for name, step in steps.items():
+        switch[name]()
         step(images, pids)['loss'].numpy()  # warm-up: tracing and first allocations
     for _ in range(args.steps):
         for name, step in steps.items():
+            switch[name]()
             start = time.perf_counter()
             step(images, pids)['loss'].numpy()
             times[name].append(time.perf_counter() - start)
@@ -78,11 +97,11 @@ def main():
     for name, images_per_s in speed.items():
         print(f'{name:42s} {images_per_s:6.2f} images/s  (steps: '
               f'{", ".join(f"{t:.2f}" for t in times[name])} s)  [{machine}]')
-    ours, plain = speed.values()
-    print(f'ratio ours / plain Keras: {ours / plain:.2f} (P={args.batch_p} K={args.batch_k}, '
+    first, second = speed.values()
+    print(f'ratio {"deterministic / default" if args.determinism else "ours / plain Keras"}: '
+          f'{first / second:.2f} (P={args.batch_p} K={args.batch_k}, '
           f'{args.height}x{args.width}, batch_hard soft, Adam{", XLA" if args.jit else ""})  '
           f'[{machine}]')
-
 
 if __name__ == '__main__':
     common.run(main)

@@ -10,6 +10,7 @@ Market-1501 and DukeMTMC-reID CSVs of the 2017 code are sorted: the market1501 a
 subcommands recreate those files byte for byte.
 """
 import argparse
+import contextlib
 import csv
 import os
 import re
@@ -134,19 +135,26 @@ def parse_pids(fids: list[str], pattern: re.Pattern, what: str,
 
 
 def write_csvs(out: Path, tables: dict[str, list[tuple[str, str]]]) -> None:
-    """Writes out/<name>.csv for every table, but only once all of them are known non-empty."""
+    """Writes out/<name>.csv for every table, but only once all of them are known non-empty.
+
+    All or none: each is written under a temporary name, and they are renamed into place only
+    once all are complete, so a failed write (a full disk) leaves the previous lists intact.
+    """
     for name, rows in tables.items():
         if not rows:
             raise common.InputError(f'{name}.csv would be empty: no usable images found')
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name, rows in tables.items():
-            with open(out / f'{name}.csv', 'w', newline='', encoding='utf-8') as f:
-                csv.writer(f, lineterminator='\n').writerows(rows)
-            print(f'wrote {out / name}.csv: {len(rows)} images of '
-                  f'{len({pid for pid, _ in rows})} identities')
     except OSError as e:
         raise common.InputError(f'cannot write to {out}: {e}') from None
+    with contextlib.ExitStack() as stack:  # renames when every file is written
+        for name, rows in tables.items():
+            tmp = stack.enter_context(common.atomic_write(out / f'{name}.csv'))
+            with open(tmp, 'w', newline='', encoding='utf-8') as f:
+                csv.writer(f, lineterminator='\n').writerows(rows)
+    for name, rows in tables.items():
+        print(f'wrote {out / name}.csv: {len(rows)} images of '
+              f'{len({pid for pid, _ in rows})} identities')
 
 
 def market_like(root: Path, prefix: str, pattern: re.Pattern, what: str,

@@ -1,6 +1,7 @@
 """Makes the top-level modules importable and keeps TensorFlow quiet and on the CPU."""
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -162,6 +163,56 @@ def slim_names(model) -> dict:
                 name = 'depthwise_weights'
             names[layer.name.replace('.', '/') + '/' + rename.get(name, name)] = variable.numpy()
     return names
+
+
+# ----------------------------------------------------------------------------- failing writes
+def file_size_limit(limit: int):
+    """A preexec_fn: files cannot grow beyond `limit` bytes, also for root (unlike chmod);
+    with SIGXFSZ ignored, a write beyond fails with EFBIG as on a full disk."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def run_read_only(folder: Path, command: list, **kwargs) -> subprocess.CompletedProcess:
+    """Runs `command` with `folder` read-only for it; kwargs go to subprocess.run.
+
+    Permissions do not stop root, so as root the folder becomes a read-only bind mount in a
+    user and mount namespace of the command's own (`unshare -rm`, as a container can do it
+    without privileges); where that is not allowed the test skips, saying why. Other users get
+    the folder chmod 555 for the run.
+    """
+    command = [str(part) for part in command]
+    if os.geteuid() != 0:
+        mode = folder.stat().st_mode
+        folder.chmod(0o555)
+        try:
+            return subprocess.run(command, **kwargs)
+        finally:
+            folder.chmod(mode)
+    probe = subprocess.run(['unshare', '-rm', 'true'], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f'running as root and `unshare -rm` is not allowed here ({probe.stderr}), '
+                    'so no folder can be made read-only')
+    remount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    return subprocess.run(['unshare', '-rm', 'sh', '-c', remount, str(folder), *command],
+                          **kwargs)
+
+
+def assert_refused_and_kept(result: subprocess.CompletedProcess, script: str, path: Path,
+                            before: bytes, why: str) -> None:
+    """A failed write: exit 2, one line naming the file and the reason, the old file intact."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith(f'{script}: error: cannot write '), result.stderr
+    assert str(path.name) in lines[-1] and why in lines[-1], lines[-1]
+    assert 'Traceback' not in result.stderr
+    assert path.read_bytes() == before
+    assert not list(path.parent.glob(f'{path.name}.tmp*'))
 
 
 # ----------------------------------------------------------------------------- file writers

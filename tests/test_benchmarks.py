@@ -23,6 +23,10 @@ RUNS = {
     'evaluate_speed.py': (['--loop_queries', '2'], r'(.*evaluate +\d+\.\d\d s .*faster.*\n){4}'),
     'rerank_speed.py': (['--small', '40', '160', '--no_market'],
                         r'ours \d+\.\d s, peak \d+ MiB.*dense \d+\.\d s'),
+    'soak.py': (['--iterations', '12', '--checkpoint_frequency', '3', '--keep_checkpoints', '2',
+                 '--warmup', '4', '--identities', '5'],
+                r'start \d+ MiB .*end \d+ MiB \(growth [-+]\d+\.\d%.*\n.*checkpoints .*'
+                r'\(steps 9, 12\)'),
     'trinet_speed.py': (['--batch_size', '1', '--steps', '1'], r'network: \d+\.\d+ images/s'),
 }
 

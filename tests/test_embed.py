@@ -21,8 +21,8 @@ from model import build_model, import_plugin, plugin_names
 import embed
 from conftest import (TINY_DIM as DIM, TINY_HEAD as HEAD, TINY_NET as NET,
                       TINY_NET_SIZE as NET_SIZE, TINY_PRE_CROP as PRE_CROP, assert_close_float32,
-                      float32_tolerance, randomize, read_h5, slim_names, tf2_experiment,
-                      write_smooth_images)
+                      assert_refused_and_kept, file_size_limit, float32_tolerance, randomize,
+                      read_h5, run_read_only, slim_names, tf2_experiment, write_smooth_images)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Image sizes that need up- and downscaling, one already at the net's size, one landscape.
@@ -357,6 +357,27 @@ def test_interrupted_write_leaves_the_old_file_intact(tmp_path, images, monkeypa
         embed.main(base + ['--checkpoint', 'checkpoint-1'])
     assert final.read_bytes() == before
     assert read_h5(final)['emb'].shape == (len(SIZES), DIM)
+
+
+@pytest.mark.parametrize('failure', ['disk full', 'read-only folder'])
+def test_failed_write_keeps_the_previous_file(failure, tmp_path, trained, images):
+    out = tmp_path / 'out'
+    out.mkdir()
+    previous = out / 'query.h5'
+    common.save_embeddings(previous, np.arange(6, dtype=np.float32).reshape(3, 2))
+    before = previous.read_bytes()
+    command = [sys.executable, ROOT / 'embed.py', '--experiment_root', trained[0], '--dataset',
+               images[1], '--filename', previous, '--quiet']
+    if failure == 'disk full':  # the HDF5 file's first kilobyte fits, the rest does not
+        result = subprocess.run(list(map(str, command)), capture_output=True, text=True,
+                                timeout=300, cwd=ROOT, preexec_fn=file_size_limit(1024))
+    else:
+        result = run_read_only(out, command, capture_output=True, text=True, timeout=300,
+                               cwd=ROOT)
+    why = 'File too large' if failure == 'disk full' else 'Read-only file system'
+    assert_refused_and_kept(result, 'embed.py', previous, before, why)
+    np.testing.assert_array_equal(common.load_embeddings(previous),
+                                  np.arange(6).reshape(3, 2))
 
 
 # ----------------------------------------------------------------------------- errors

@@ -7,7 +7,8 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED_DATA
+from conftest import (ROOT, SHARED_DATA, assert_refused_and_kept, file_size_limit,
+                      run_read_only)
 
 import common
 import evaluate
@@ -173,6 +174,25 @@ def test_cli_prints_summary_and_writes_json(tmp_path):
     assert result['args']['use_market_ap'] is True
     assert len(result['aps']) == 40 and len(result['CMC']) == 205
     assert f"mAP: {result['mAP']:.2%}" in done.stdout
+
+
+@pytest.mark.parametrize('failure', ['disk full', 'read-only folder'])
+def test_failed_json_write_keeps_the_previous_file(failure, tmp_path):
+    paths = write_split(tmp_path, np.random.default_rng(6))
+    out = tmp_path / 'out'
+    out.mkdir()
+    previous = out / 'result.json'
+    previous.write_text('{"mAP": 0.5}')
+    command = [sys.executable, ROOT / 'evaluate.py', '--excluder=market1501',
+               *(f'--{key}={value}' for key, value in paths.items()), f'--filename={previous}']
+    if failure == 'disk full':  # the result (2 kB of aps and CMC) does not fit in 512 bytes
+        result = subprocess.run(list(map(str, command)), capture_output=True, text=True,
+                                timeout=120, preexec_fn=file_size_limit(512))
+    else:
+        result = run_read_only(out, command, capture_output=True, text=True, timeout=120)
+    why = 'File too large' if failure == 'disk full' else 'Read-only file system'
+    assert_refused_and_kept(result, 'evaluate.py', previous, b'{"mAP": 0.5}', why)
+    assert json.loads(previous.read_text()) == {'mAP': 0.5}
 
 
 def test_cli_does_not_import_tensorflow(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, assert_refused_and_kept, file_size_limit, run_read_only
 
 PREPARE = ROOT / 'data' / 'prepare.py'
 
@@ -109,6 +109,32 @@ def test_market_gt_bbox_and_500k_distractors(tmp_path):
                                '--distractors', tmp_path / 'distractors_500k'), 'holiday.jpg')
     assert_input_error(prepare('market1501', tmp_path / 'ds', '--distractors', tmp_path / 'no'),
                        'is not a folder')
+
+
+@pytest.mark.parametrize('failure', ['disk full', 'read-only folder'])
+def test_failed_write_keeps_every_previous_list(failure, tmp_path):
+    touch(tmp_path / 'ds', [f'{sub}/{name}' for sub, files in MARKET_NAMES.items()
+                            for name in files])
+    assert prepare('market1501', tmp_path / 'ds', '--out', tmp_path / 'new').returncode == 0
+    sizes = {path.name: path.stat().st_size for path in (tmp_path / 'new').glob('*.csv')}
+    out = tmp_path / 'out'
+    out.mkdir()
+    for name in sizes:
+        (out / name).write_text('old,list.jpg\n')
+    command = [sys.executable, PREPARE, 'market1501', tmp_path / 'ds', '--out', out]
+    if failure == 'disk full':  # the smallest list fits, the largest does not: none is replaced
+        limit = (min(sizes.values()) + max(sizes.values())) // 2
+        assert min(sizes.values()) < limit < max(sizes.values())
+        result = subprocess.run(list(map(str, command)), capture_output=True, text=True,
+                                timeout=120, preexec_fn=file_size_limit(limit))
+    else:
+        result = run_read_only(out, command, capture_output=True, text=True, timeout=120)
+    why = 'File too large' if failure == 'disk full' else 'Read-only file system'
+    culprit = out / result.stderr.strip().split('cannot write ')[-1].split(':')[0].split('/')[-1]
+    assert_refused_and_kept(result, 'prepare.py', culprit, b'old,list.jpg\n', why)
+    for name in sizes:
+        assert (out / name).read_text() == 'old,list.jpg\n', name
+    assert sorted(path.name for path in out.iterdir()) == sorted(sizes)
 
 
 def test_missing_folder_is_named(tmp_path):

@@ -21,14 +21,14 @@ import experiment
 from model import build_model, slim_name
 import loss
 import train
-from conftest import ROOT
+from conftest import ROOT, file_size_limit
 
 TINY = ['--model_name', 'mobilenet_v1_0_25', '--head_name', 'direct', '--embedding_dim', '8',
         '--batch_p', '4', '--batch_k', '3', '--net_input_height', '32', '--net_input_width', '16',
         '--pre_crop_height', '40', '--pre_crop_width', '20', '--crop_augment', '--flip_augment',
         '--loading_threads', '2', '--seed', '5', '--learning_rate', '1e-3']
 RUN = ['--train_iterations', '20', '--decay_start_iteration', '15', '--checkpoint_frequency',
-       '5', '--detailed_logs', '--beta1_after_decay', '0.5']
+       '5', '--detailed_logs', '--beta1_after_decay', '0.5', '--deterministic']
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -201,6 +201,23 @@ def test_dataset_batches_match_after_resume(dataset):
     images_0 = from_start[0][0].numpy()
     assert images_0.shape == (12, 32, 16, 3) and images_0.dtype == np.float32
     assert 0 <= images_0.min() and images_0.max() <= 255
+
+
+def test_keep_checkpoints_prunes_the_oldest_also_in_a_resumed_run(tmp_path):
+    weights, slots = tf.Variable([1.0]), tf.Variable([2.0])  # stand-ins of model and Adam
+
+    def save_all(keep, steps):
+        step, manager = experiment.training_checkpoint(tmp_path, weights, slots, keep)
+        for done in steps:
+            step.assign(done)
+            manager.save(checkpoint_number=done)
+    save_all(2, [0, 5, 10])
+    assert checkpoint_steps(tmp_path) == [5, 10]
+    save_all(2, [15])  # a new manager, as a resumed run has: it prunes the earlier run's too
+    assert checkpoint_steps(tmp_path) == [10, 15]
+    assert stored_step(tf.train.latest_checkpoint(str(tmp_path))) == 15
+    save_all(0, [20, 25, 30])  # 0: all kept
+    assert checkpoint_steps(tmp_path) == [10, 15, 20, 25, 30]
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -480,17 +497,6 @@ def test_one_run_per_root_and_a_killed_run_is_taken_over(tmp_path, dataset):
     assert stored_step(tf.train.latest_checkpoint(str(root))) >= 1
 
 
-def file_size_limit(limit: int):
-    """A preexec_fn: files cannot grow beyond `limit` bytes, also for root (unlike chmod);
-    with SIGXFSZ ignored, a write beyond fails with EFBIG as on a full disk."""
-    import resource
-
-    def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
-
-
 @pytest.mark.slow
 def test_failed_checkpoint_write_keeps_the_previous_one(monkeypatch, tmp_path, dataset):
     csv, images = dataset
@@ -517,3 +523,130 @@ def test_failed_checkpoint_write_keeps_the_previous_one(monkeypatch, tmp_path, d
     model = build_model('mobilenet_v1_0_25', 'direct', 8)
     restored = tf.train.Checkpoint(model=model).restore(latest)
     restored.expect_partial().assert_existing_objects_matched()
+
+
+def checkpoint_tensors(path) -> dict:
+    """Every tensor that a training checkpoint holds (model, Adam slots and iterations, step),
+    except how often this process saved and the object graph's description."""
+    reader = tf.train.load_checkpoint(str(path))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != '_CHECKPOINTABLE_OBJECT_GRAPH' and not name.startswith('save_counter')}
+
+
+def assert_bit_identical(path, reference) -> None:
+    got, want = checkpoint_tensors(path), checkpoint_tensors(reference)
+    assert sorted(got) == sorted(want)
+    differ = [name for name in want if not np.array_equal(got[name], want[name])]
+    assert not differ, f'{len(differ)} of {len(want)} tensors differ from {reference}: {differ[:5]}'
+
+
+@pytest.mark.slow
+def test_deterministic_runs_give_bit_identical_weights(tmp_path, dataset, full_run,
+                                                       slim_backbone):
+    csv, images = dataset
+    result = run_train('--train_set', csv, '--image_root', images, '--experiment_root',
+                       tmp_path / 'again', *TINY, *RUN, '--initial_checkpoint', slim_backbone[0])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert checkpoint_steps(tmp_path / 'again') == checkpoint_steps(full_run[0]) != []
+    for name in experiment.checkpoints_in(full_run[0]):
+        assert_bit_identical(tmp_path / 'again' / name, full_run[0] / name)
+
+
+def wait_for(process, condition, what: str, timeout: float = 180):
+    """Polls `condition()` (every millisecond) until it returns something true, and returns that;
+    fails if `process` ends first."""
+    deadline = time.time() + timeout
+    while not (found := condition()):
+        assert process.poll() is None, f'train.py ended (exit {process.returncode}) before {what}'
+        assert time.time() < deadline, f'no {what} after {timeout} s'
+        time.sleep(0.001)
+    return found
+
+
+def kill(process) -> None:
+    process.kill()  # SIGKILL: no handler, no flush, no cleanup
+    assert process.wait(timeout=60) == -signal.SIGKILL
+
+
+def iterations_logged(text: str) -> list[int]:
+    return [int(done) for done in re.findall(r'iter (\d+)/20:', text)]
+
+
+def latest_in_state(root) -> int | None:
+    """The step of the checkpoint that the `checkpoint` state file names as the latest."""
+    state = tf.train.get_checkpoint_state(str(root))
+    return experiment.step_of(state.model_checkpoint_path) if state else None
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_weights(tmp_path, dataset,
+                                                                     full_run, slim_backbone):
+    csv, images = dataset
+    root = tmp_path / 'run'
+    fresh = ['--train_set', csv, '--image_root', images, *TINY, *RUN,
+             '--initial_checkpoint', slim_backbone[0], '--keep_checkpoints', '2']
+    rng = np.random.default_rng(15)
+    kill_after = int(rng.integers(6, 9))  # an iteration between the checkpoints 5 and 10
+    # The checkpoint being written when killed. Resuming from 5 crosses the decay start and the
+    # beta1 switch (iteration 15) in the loop; resuming from 15 (a kill while saving 20) sets
+    # beta1 before its first step.
+    kill_saving = int(rng.choice([15, 20]))
+    logs = []
+
+    def start(*flags):
+        logs.append(tmp_path / f'stderr_{len(logs)}.txt')
+        with open(logs[-1], 'w') as stderr:  # a file, not a pipe that could fill up and block
+            return subprocess.Popen([sys.executable, str(ROOT / 'train.py'), '--experiment_root',
+                                     str(root), *map(str, flags)], cwd=ROOT, stderr=stderr)
+
+    # 1. Right after the start: args.json is written, no checkpoint yet.
+    process = start(*fresh)
+    wait_for(process, (root / 'args.json').exists, 'args.json')
+    process.send_signal(signal.SIGSTOP)  # frozen: the files are what the kill leaves
+    assert latest_in_state(root) is None
+    kill(process)
+
+    # 2. During a step, some iterations after checkpoint 5.
+    process = start('--resume')
+    wait_for(process, lambda: f'iter {kill_after}/20' in logs[-1].read_text(),
+             f'iteration {kill_after}')
+    kill(process)
+
+    # 3. While checkpoint-<kill_saving> is written: its shards exist, the state file does not
+    # name it yet (else the write was over: wait for the next one).
+    process = start('--resume')
+    while True:
+        name = wait_for(process, lambda: [p.name for p in root.glob('checkpoint-*_temp*')],
+                        'a checkpoint being written')[0]
+        process.send_signal(signal.SIGSTOP)
+        saving = experiment.step_of(name.removesuffix('_temp'))
+        if saving >= kill_saving and latest_in_state(root) < saving:
+            break
+        process.send_signal(signal.SIGCONT)
+    kill(process)
+
+    # 4. To the end.
+    process = start('--resume')
+    assert process.wait(timeout=240) == 0, logs[-1].read_text()[-3000:]
+
+    texts = [log.read_text() for log in logs]
+    assert 'no checkpoint in' in texts[1] and 'starting from the initialisation' in texts[1]
+    for killed, resumed in zip(texts[1:3], texts[2:4], strict=True):
+        assert 'took over' in resumed  # the killed run's lock
+        done = max(iterations_logged(killed))
+        restart = re.search(r'resuming from (\S+)checkpoint-(\d+): iteration (\d+) on', resumed)
+        assert restart, resumed[-3000:]
+        from_step = int(restart[2])
+        assert int(restart[3]) == from_step + 1 == iterations_logged(resumed)[0]
+        assert 0 <= done - from_step <= 5, 'more than --checkpoint_frequency recomputed'
+    assert int(re.search(r'checkpoint-(\d+): iteration', texts[3])[1]) == saving - 5
+    assert f'removed checkpoint-{saving}_temp' in texts[3]  # the killed write's shards
+    log = (root / 'train.log').read_text()
+    assert log.count('resuming from') == 2 and log.count('took over') == 3
+
+    assert_bit_identical(root / 'checkpoint-20', full_run[0] / 'checkpoint-20')
+    for name in ('emb', 'loss', 'fids'):  # every iteration, recomputed or not, as uninterrupted
+        np.testing.assert_array_equal(np.load(root / f'detailed_{name}.npy'),
+                                      np.load(full_run[0] / f'detailed_{name}.npy'))
+    assert checkpoint_steps(root) == [15, 20]  # --keep_checkpoints 2, also across the kills
+    assert not list(root.glob('*_temp*')) and not list(root.glob('*.tmp-*'))
