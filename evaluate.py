@@ -448,8 +448,9 @@ def main() -> None:
         names = ', '.join(unmatched[:10])
         if len(unmatched) > 10:
             names += f' and {len(unmatched) - 10} more'
-        print(f'warning: {len(unmatched)} of {len(query_fids)} queries have no valid match in the '
-              f'gallery and are left out of mAP and CMC: {names}', file=sys.stderr)
+        print(common.printable(f'warning: {len(unmatched)} of {len(query_fids)} queries have no '
+                               f'valid match in the gallery and are left out of mAP and CMC: '
+                               f'{names}'), file=sys.stderr)
     print(' | '.join(filter(None, [summary_line(result), describe(used)])))
     if args.report:
         write_report(args, result, used, query_pids, query_fids, gallery_pids, gallery_fids,

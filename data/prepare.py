@@ -116,7 +116,8 @@ def unparsable(bad: list[str], what: str, skip: bool) -> None:
     if not skip:
         raise common.InputError(f'{len(bad)} files are not named like {what}: {listed} '
                                 '(pass --skip_unparsable to leave them out)')
-    print(f'skipped {len(bad)} files not named like {what}: {listed}', file=sys.stderr)
+    print(common.printable(f'skipped {len(bad)} files not named like {what}: {listed}'),
+          file=sys.stderr)
 
 
 def parse_pids(fids: list[str], pattern: re.Pattern, what: str,
@@ -140,13 +141,15 @@ def write_csvs(out: Path, tables: dict[str, list[tuple[str, str]]]) -> None:
             raise common.InputError(f'{name}.csv would be empty: no usable images found')
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name, rows in tables.items():
-            with open(out / f'{name}.csv', 'w', newline='', encoding='utf-8') as f:
-                csv.writer(f, lineterminator='\n').writerows(rows)
-            print(f'wrote {out / name}.csv: {len(rows)} images of '
-                  f'{len({pid for pid, _ in rows})} identities')
     except OSError as e:
-        raise common.InputError(f'cannot write to {out}: {e}') from None
+        raise common.InputError(f'cannot write to {out}: {e.strerror or e}') from None
+    for name, rows in tables.items():
+        # Written under a temporary name and renamed: an interrupted run leaves no half CSV.
+        with common.atomic_write(out / f'{name}.csv') as tmp, open(
+                tmp, 'w', newline='', encoding='utf-8') as f:
+            csv.writer(f, lineterminator='\n').writerows(rows)
+        print(f'wrote {out / name}.csv: {len(rows)} images of '
+              f'{len({pid for pid, _ in rows})} identities')
 
 
 def market_like(root: Path, prefix: str, pattern: re.Pattern, what: str,
@@ -186,9 +189,9 @@ def read_msmt17_list(root: Path, list_name: str, image_dir: str,
     """(pid, fid) rows of one list_*.txt, in its order; the label must agree with the name."""
     path = root / list_name
     try:
-        lines = path.read_text(encoding='utf-8').splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise common.InputError(f'cannot read {path}: {e}') from None
+        lines = common.read_text(path, 'the list').split('\n')
+    except FileNotFoundError:
+        raise common.InputError(f'{path} is missing') from None
     rows, bad, missing = [], [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -214,7 +217,7 @@ def load_mat(path: Path, key: str) -> np.ndarray:
     import scipy.io
     try:
         return np.asarray(scipy.io.loadmat(path)[key])
-    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+    except Exception as e:  # scipy's reader raises all kinds of errors on damaged files
         raise common.InputError(f'cannot read variable {key!r} of {path}: {e!r}') from None
 
 
@@ -223,9 +226,9 @@ def mars_query(root: Path, skip: bool) -> list[tuple[str, str]]:
     info = root / 'info'
     names_file = info / 'test_name.txt'
     try:
-        names = names_file.read_text(encoding='utf-8').split()
-    except (OSError, UnicodeDecodeError) as e:
-        raise common.InputError(f'cannot read {names_file}: {e}') from None
+        names = common.read_text(names_file, 'the list').split()
+    except FileNotFoundError:
+        raise common.InputError(f'{names_file} is missing') from None
     tracks = load_mat(info / 'tracks_test_info.mat', 'track_test_info')
     query_idx = load_mat(info / 'query_IDX.mat', 'query_IDX').ravel()
     if tracks.ndim != 2 or tracks.shape[1] < 4:

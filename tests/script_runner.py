@@ -67,6 +67,7 @@ def warm_up() -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot  # noqa: F401
+    import scipy.io  # noqa: F401
     import sklearn.metrics  # noqa: F401
     import tensorflow
     import tqdm  # noqa: F401
