@@ -194,7 +194,7 @@ def load_embeddings(h5_file: str | os.PathLike) -> np.ndarray:
         raise InputError(f'{h5_file}: embeddings have shape {embs.shape}, expected (N, D)')
     if embs.dtype != np.float64:
         # Integers would wrap around in differences (uint8: 1 - 2 = 255); float16 overflows.
-        embs = embs.astype(np.float32)
+        embs = embs.astype(np.float32, copy=False)
     bad = ~np.isfinite(embs).all(axis=1)
     if bad.any():
         raise InputError(f'{h5_file}: {bad.sum()} rows hold NaN or inf, the first is row '

@@ -272,8 +272,8 @@ def read_image_list(image_list: str | os.PathLike) -> list[tuple[int, str]]:
         text = common.read_text(image_list, 'image list')
     except FileNotFoundError:
         raise common.InputError(f'image list {image_list} does not exist') from None
-    entries = [(n, line.strip()) for n, line in enumerate(text.split('\n'), start=1)
-               if line.strip()]
+    lines = text.replace('\r\n', '\n').replace('\r', '\n').split('\n')  # any line ends
+    entries = [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
     if not entries:
         raise common.InputError(f'image list {image_list} has no paths')
     # haveImageReader only reads the signature: a truncated image is still caught at decoding.

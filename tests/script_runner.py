@@ -5,7 +5,8 @@ fuzz test runs many command lines. This process imports the libraries once and f
 per command line: the child redirects its standard output and error to files, changes into the
 requested folder, sets sys.argv and runs the script as __main__, so the exit code, the output
 and any traceback are those of a real run. Forking is safe because this process never runs a
-TensorFlow op: TensorFlow starts its thread pools at the first op, in the child.
+TensorFlow op: TensorFlow starts its thread pools at the first op, in the child (the few threads
+that the imports start, BLAS workers, are idle at the fork and not copied into the child).
 
     runner = ScriptRunner()
     result = runner.run('evaluate.py', ['--excluder', ...], cwd=folder)  # code, stdout, stderr
@@ -65,7 +66,7 @@ def warm_up() -> None:
     import h5py  # noqa: F401
     import keras
     import matplotlib
-    matplotlib.use('Agg')
+    matplotlib.use('Agg')  # what a machine without a display gets
     import matplotlib.pyplot  # noqa: F401
     import scipy.io  # noqa: F401
     import sklearn.metrics  # noqa: F401
