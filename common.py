@@ -27,9 +27,40 @@ def run(main: Callable[[], object]) -> NoReturn:
     try:
         code = main()
     except InputError as e:
-        print(f'{Path(sys.argv[0]).name}: error: {e}', file=sys.stderr)
+        # One line whatever the message quotes: a file name may hold a line break.
+        print(printable(f'{Path(sys.argv[0]).name}: error: {e}'), file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def printable(text: str) -> str:
+    """`text` with line breaks, tabs, terminal escape codes and other characters that do not print
+    written as Python escapes (`\\n`, `\\x1b`, `\\u202e`): a name from the data can neither
+    split a message into lines that look like others nor move the terminal's cursor."""
+    if text.isprintable():
+        return text
+    return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The text of a UTF-8 file, without the byte-order mark that some editors write.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the caller words that case).
+        InputError: the file is unreadable, or not UTF-8: the message names the line.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise InputError(f'cannot read {what} {path}: {e.strerror or e}') from None
+    try:
+        return data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b'\n') + 1
+        raise InputError(f'{path}:{line}: {what} is not UTF-8 text (byte '
+                         f'{data[e.start]:#04x} at offset {e.start}); save it as UTF-8') from None
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -83,7 +114,9 @@ def load_dataset(csv_file: str | os.PathLike, image_root: str | os.PathLike | No
     """Reads a dataset CSV of `pid,relative/path.jpg` lines.
 
     Args:
-        csv_file: the CSV file. Identities are arbitrary strings; blank lines are skipped.
+        csv_file: the CSV file, UTF-8 (with or without a byte-order mark), any line ends;
+            fields may be quoted, spaces around them are dropped, blank lines skipped, repeated
+            lines kept (row i is always embedding i). Identities are arbitrary strings.
         image_root: folder the paths are relative to; only needed with `check_files`.
         check_files: raise if any image is missing under `image_root`.
 
@@ -94,31 +127,44 @@ def load_dataset(csv_file: str | os.PathLike, image_root: str | os.PathLike | No
         InputError: the file is missing or unreadable, a line is malformed (named by number),
             the dataset is empty, or (with `check_files`) images are missing.
     """
-    pids, fids = [], []
     try:
-        with open(csv_file, newline='', encoding='utf-8') as f:
-            for number, row in enumerate(csv.reader(f), start=1):
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                    raise InputError(f'{csv_file}:{number}: expected "identity,relative/path", '
-                                     f'got {",".join(row)!r}')
-                pids.append(row[0].strip())
-                fids.append(row[1].strip())
+        text = read_text(csv_file, 'dataset')
     except FileNotFoundError:
         raise InputError(f'dataset {csv_file} does not exist (data/prepare.py writes the CSVs '
                          'of the public datasets)') from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    pids, fids = [], []
+    try:
+        rows = csv.reader(io.StringIO(text, newline=''))
+        for row in rows:
+            number = rows.line_num  # a quoted field may span lines
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                raise InputError(f'{csv_file}:{number}: expected "identity,relative/path", '
+                                 f'got {",".join(row)!r}')
+            if '\0' in row[1]:  # no file system allows it in a name
+                raise InputError(f'{csv_file}:{number}: the path holds a NUL character')
+            pids.append(row[0].strip())
+            fids.append(row[1].strip())
+    except csv.Error as e:
         raise InputError(f'cannot read dataset {csv_file}: {e}') from None
     if not fids:
         raise InputError(f'dataset {csv_file} has no lines')
     if check_files:
         root = Path(image_root or '.')
-        missing = [fid for fid in fids if not (root / fid).is_file()]
+        missing = [fid for fid in fids if not is_file(root / fid)]
         if missing:
             raise InputError(f'{len(missing)} of {len(fids)} images of {csv_file} are missing '
                              f'under {root}, e.g. {", ".join(missing[:3])}')
     return np.array(pids), np.array(fids)
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file, but False rather than an exception for a name the system refuses (too long)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -135,11 +181,20 @@ def load_embeddings(h5_file: str | os.PathLike) -> np.ndarray:
             if name is None:
                 raise InputError(f'{h5_file} has neither an "emb" nor an "embs" dataset '
                                  f'(it has: {", ".join(f.keys()) or "nothing"})')
-            embs = f[name][()]
-    except OSError as e:
+            dataset = f[name]
+            if not isinstance(dataset, h5py.Dataset):
+                raise InputError(f'{h5_file}: "{name}" is a group, not a dataset')
+            if dataset.dtype.kind not in 'fiu':  # not bool, complex, strings or records
+                raise InputError(f'{h5_file}: dataset "{name}" holds {dataset.dtype}, not '
+                                 'real numbers')
+            embs = dataset[()]
+    except (OSError, RuntimeError, KeyError, ValueError) as e:  # h5py's for damaged files
         raise InputError(f'cannot read embeddings {h5_file}: {e}') from None
-    if embs.ndim != 2:
+    if embs.ndim != 2 or embs.shape[1] == 0:
         raise InputError(f'{h5_file}: embeddings have shape {embs.shape}, expected (N, D)')
+    if embs.dtype != np.float64:
+        # Integers would wrap around in differences (uint8: 1 - 2 = 255); float16 overflows.
+        embs = embs.astype(np.float32, copy=False)
     bad = ~np.isfinite(embs).all(axis=1)
     if bad.any():
         raise InputError(f'{h5_file}: {bad.sum()} rows hold NaN or inf, the first is row '
@@ -225,13 +280,21 @@ def save_embeddings(h5_file: str | os.PathLike, emb: np.ndarray, emb_aug: np.nda
 
 
 # ----------------------------------------------------------------------------- logging
+class OneLineFormatter(logging.Formatter):
+    """Writes each record's message on one line (see `printable`): the file names and
+    identities that messages quote cannot forge log lines. A traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
 def setup_logging(log_file: str | os.PathLike | None = None, quiet: bool = False) -> logging.Logger:
     """The project's logger: to the console and, if given, appended to `log_file`."""
     log = logging.getLogger('triplet-reid')
     log.handlers.clear()
     log.setLevel(logging.INFO)
     log.propagate = False
-    formatter = logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%Y-%m-%d %H:%M:%S')
+    formatter = OneLineFormatter('%(asctime)s %(levelname)s %(message)s', '%Y-%m-%d %H:%M:%S')
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING if quiet else logging.INFO)
     handlers: list[logging.Handler] = [console]

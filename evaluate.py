@@ -432,16 +432,19 @@ def main() -> None:
     gallery_pids, gallery_fids = common.load_dataset(args.gallery_dataset)
     query_embs = common.load_embeddings(args.query_embeddings)
     gallery_embs = common.load_embeddings(args.gallery_embeddings)
-    inputs = [('query', query_fids, query_embs, args.query_dataset),
-              ('gallery', gallery_fids, gallery_embs, args.gallery_dataset)]
+    inputs = [('query', query_fids, query_embs, args.query_dataset, args.query_embeddings),
+              ('gallery', gallery_fids, gallery_embs, args.gallery_dataset,
+               args.gallery_embeddings)]
     if args.multi_query:
         pool_fids = common.load_dataset(args.multi_query_dataset)[1]
         pool_embs = common.load_embeddings(args.multi_query_embeddings)
-        inputs.append(('multi-query', pool_fids, pool_embs, args.multi_query_dataset))
-    for name, fids, embs, csv_file in inputs:
+        inputs.append(('multi-query', pool_fids, pool_embs, args.multi_query_dataset,
+                       args.multi_query_embeddings))
+    for name, fids, embs, csv_file, h5_file in inputs:
         if len(fids) != len(embs):
             raise common.InputError(f'{csv_file} has {len(fids)} rows but the {name} embeddings '
-                                    f'have {len(embs)}: were they computed from another CSV?')
+                                    f'have {len(embs)} ({h5_file}): were they computed from '
+                                    'another CSV?')
         if embs.shape[1] != query_embs.shape[1]:
             raise common.InputError(f'query embeddings are {query_embs.shape[1]}-D but {name} '
                                     f'embeddings are {embs.shape[1]}-D')
@@ -474,8 +477,9 @@ def main() -> None:
         names = ', '.join(unmatched[:10])
         if len(unmatched) > 10:
             names += f' and {len(unmatched) - 10} more'
-        print(f'warning: {len(unmatched)} of {len(query_fids)} queries have no valid match in the '
-              f'gallery and are left out of mAP and CMC: {names}', file=sys.stderr)
+        print(common.printable(f'warning: {len(unmatched)} of {len(query_fids)} queries have no '
+                               f'valid match in the gallery and are left out of mAP and CMC: '
+                               f'{names}'), file=sys.stderr)
     print(' | '.join(filter(None, [summary_line(result), describe(used)])))
     if args.report:
         write_report(args, result, used, query_pids, query_fids, gallery_pids, gallery_fids,

@@ -93,30 +93,72 @@ def read_args(path: Path) -> dict:
     """Reads an args.json file.
 
     Raises:
-        common.InputError: the file is unreadable, not JSON, or not a JSON object.
+        common.InputError: the file is missing, unreadable, not UTF-8, not JSON, or not a JSON
+            object.
     """
     try:
-        stored = json.loads(path.read_text(encoding='utf-8'))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise common.InputError(f'cannot read {path}: {e}') from None
+        stored = json.loads(common.read_text(path, ARGS_FILE))
+    except FileNotFoundError:
+        raise common.InputError(f'{path} does not exist') from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise common.InputError(f'cannot read {path}: {str(e) or type(e).__name__}') from None
     if not isinstance(stored, dict):
         raise common.InputError(f'{path} does not hold a JSON object')
     return stored
 
 
-def resume_args(args: argparse.Namespace, argv: list[str]) -> list[str]:
+def stored_value(parser: argparse.ArgumentParser, key: str, value, path: Path):
+    """A setting of args.json, checked as the command line checks its flag (type, choices).
+
+    Returns:
+        The value, unchanged.
+
+    Raises:
+        common.InputError: the value is not one the flag accepts.
+    """
+    # argparse has no public way to find the action of a destination.
+    action = next((a for a in parser._actions if a.dest == key), None)
+    if action is None or (value is None and action.default is None):
+        return value
+    problem = None
+    if action.nargs == 0:  # store_true and the like
+        problem = None if isinstance(value, bool) else 'true or false'
+    elif value is None or isinstance(value, bool | list | dict):
+        problem = 'a single value'
+    elif action.type is not None:
+        try:
+            converted = action.type(str(value))
+            # What the flag's type makes of the text must be the stored value: the number 8,
+            # not the string "8"; 0.2, not "0.2".
+            if converted != value or isinstance(value, str) != isinstance(converted, str):
+                problem = f'the {type(converted).__name__} {converted!r}'
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+            problem = str(e)
+    elif not isinstance(value, str):
+        problem = 'a string'
+    if problem is None and action.choices is not None and value not in action.choices:
+        problem = f'one of {", ".join(map(str, action.choices))}'
+    if problem:
+        raise common.InputError(f'{path}: {key} is {value!r}, expected {problem}')
+    return value
+
+
+def resume_args(args: argparse.Namespace, argv: list[str],
+                parser: argparse.ArgumentParser | None = None) -> list[str]:
     """Replaces the settings in `args` by those of the run's args.json, for train.py --resume.
 
     Args:
         args: the parsed command line; changed in place.
         argv: the command line, to tell the given flags from the defaults.
+        parser: the parser of `args`; if given, every stored value is checked as its flag is.
 
     Returns:
         Notes to log as warnings: given flags that differ from the stored values (which win),
         and stored settings that train.py does not know (ignored).
 
     Raises:
-        common.InputError: there is no args.json in the experiment root, or it is unreadable.
+        common.InputError: there is no args.json in the experiment root, it is unreadable, or
+            (with `parser`) a stored value is not one its flag accepts.
     """
     path = Path(args.experiment_root).expanduser() / ARGS_FILE
     if not path.is_file():
@@ -130,6 +172,8 @@ def resume_args(args: argparse.Namespace, argv: list[str]) -> list[str]:
         if key not in vars(args):
             notes.append(f'{path} has an unknown setting {key!r}: ignored')
             continue
+        if parser is not None:
+            value = stored_value(parser, key, value, path)
         if key in given and getattr(args, key) != value:
             notes.append(f'--{key}: using the stored value {value!r}, not the given '
                          f'{getattr(args, key)!r} (edit args.json to change it)')
@@ -253,9 +297,14 @@ def find_checkpoint(root: Path, name: str | None) -> Path | None:
 def latest_checkpoint(root: Path) -> Path:
     """The latest checkpoint in `root`, which has at least one."""
     import tensorflow as tf
-    # The `checkpoint` state file may name paths of the machine that trained; then take the
-    # last step.
-    return Path(tf.train.latest_checkpoint(str(root)) or root / checkpoints_in(root)[-1])
+    from google.protobuf import text_format
+    # The `checkpoint` state file may name paths of the machine that trained, or be damaged;
+    # then take the last step.
+    try:
+        latest = tf.train.latest_checkpoint(str(root))
+    except (ValueError, text_format.ParseError, tf.errors.OpError):  # not UTF-8, not a state
+        latest = None
+    return Path(latest or root / checkpoints_in(root)[-1])
 
 
 def is_tf1_checkpoint(checkpoint: Path) -> bool:
@@ -301,6 +350,14 @@ def restore_model(model, checkpoint: Path, embedding_dim: int, tf1: bool,
         raise common.InputError(f'checkpoint {checkpoint} does not hold the weights of '
                                 f'{model.name} (embedding_dim {embedding_dim}): '
                                 f'{str(e).splitlines()[0]}') from None
+    except (IndexError, tf.errors.OpError) as e:  # a damaged file: cut short, overwritten
+        raise common.InputError(f'cannot read checkpoint {checkpoint}: {first_line(e)}') from None
+
+
+def first_line(error: Exception) -> str:
+    """The first line of an exception's message (TensorFlow's run on with op details)."""
+    message = getattr(error, 'message', None) or str(error)
+    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
 
 
 def training_checkpoint(root: Path, model, optimizer, keep: int = 0):
@@ -363,7 +420,7 @@ def restore_training(manager, description: str) -> str | None:
     if latest:
         try:
             manager.checkpoint.restore(latest).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
+        except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
             raise common.InputError(f'cannot restore {latest} into {description}: '
-                                    f'{str(e).splitlines()[0]}') from None
+                                    f'{first_line(e)}') from None
     return latest

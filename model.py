@@ -93,24 +93,16 @@ def load_tf1_checkpoint(model, path: str | os.PathLike, log: logging.Logger | No
     """
     import tensorflow as tf
     log = log or logging.getLogger('triplet-reid')
-    path = str(path)
-    for suffix in ('.index', '.meta'):
-        path = path.removesuffix(suffix)
-    if '.data-' in Path(path).name:
-        path = path[:path.rindex('.data-')]
-    try:
-        reader = tf.train.load_checkpoint(path)
-    except (tf.errors.OpError, ValueError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f'cannot read checkpoint {path}: {message}') from None
+    path, reader = open_tf1_checkpoint(path)
     shapes = reader.get_variable_to_shape_map()
     variables = {slim_name(layer, variable): variable
                  for layer in model.layers for variable in layer.weights}
     loaded, missing, ignored = _match_checkpoint(shapes, variables, path, model.name)
-    for name in loaded:
-        variables[name].assign(reader.get_tensor(name).astype(variables[name].dtype))
-
-
+    try:
+        for name in loaded:
+            variables[name].assign(reader.get_tensor(name).astype(variables[name].dtype))
+    except (IndexError, ValueError, tf.errors.OpError) as e:  # data cut short or overwritten
+        raise InputError(f'cannot read {name} from checkpoint {path}: {e}') from None
     log.info('loaded %d of the model\'s %d variables from %s', len(loaded), len(variables), path)
     if missing:
         log.info('%d model variables are not in the checkpoint and keep their initial values: '
@@ -119,6 +111,25 @@ def load_tf1_checkpoint(model, path: str | os.PathLike, log: logging.Logger | No
         log.info('ignored %d checkpoint variables that the model lacks: %s', len(ignored),
                  _some(ignored))
     return {'loaded': loaded, 'missing': missing, 'ignored': ignored}
+
+
+def open_tf1_checkpoint(path: str | os.PathLike):
+    """(prefix, reader) of a TF1 checkpoint given as its prefix, either file, or a folder.
+
+    Raises:
+        InputError: the checkpoint cannot be read (missing, damaged, not a checkpoint).
+    """
+    import tensorflow as tf
+    path = str(path)
+    for suffix in ('.index', '.meta'):
+        path = path.removesuffix(suffix)
+    if '.data-' in Path(path).name:
+        path = path[:path.rindex('.data-')]
+    try:
+        return path, tf.train.load_checkpoint(path)
+    except (tf.errors.OpError, ValueError, IndexError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f'cannot read checkpoint {path}: {message}') from None
 
 
 def _match_checkpoint(shapes: dict, variables: dict, path: str,

@@ -79,15 +79,21 @@ def draw_panel(axis, image: np.ndarray | None, name: str, colour: str, caption: 
     if image is None:
         image = np.full((*THUMB, 3), 200, np.uint8)
         label = name if len(name) <= 18 else '...' + name[-15:]
-        axis.text(THUMB[1] / 2, THUMB[0] / 2, f'missing\n{label}', ha='center', va='center',
-                  fontsize=6, wrap=True)
+        axis.text(THUMB[1] / 2, THUMB[0] / 2, literal(f'missing\n{label}'), ha='center',
+                  va='center', fontsize=6, wrap=True)
     axis.imshow(image)
     axis.set_xticks([])
     axis.set_yticks([])
     for spine in axis.spines.values():
         spine.set_edgecolor(colour)
         spine.set_linewidth(5)
-    axis.set_xlabel(caption, fontsize=7, linespacing=1.1)
+    axis.set_xlabel(literal(caption), fontsize=7, linespacing=1.1)
+
+
+def literal(text: str) -> str:
+    """Text that matplotlib draws as it is: a `$` in a name would otherwise start a formula
+    (and a bad one, e.g. `$\\x`, stop the report with an error)."""
+    return text.replace('$', r'\$')
 
 
 def draw_query(path: Path, query: dict, gallery: dict, row: dict, dists: np.ndarray) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import common
 import experiment
 import loss
-from model import build_model, load_tf1_checkpoint
+from model import build_model, load_tf1_checkpoint, open_tf1_checkpoint
 
 parser = argparse.ArgumentParser(
     description='Train a re-identification embedding with a triplet loss on PK batches.',
@@ -112,6 +112,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ('train_set', 'image_root'):
         if getattr(args, name) is None:
             raise common.InputError(f'--{name} is required (unless --resume)')
+    if args.initial_checkpoint:  # readable, before the experiment root is written
+        open_tf1_checkpoint(args.initial_checkpoint)
 
 
 def learning_rate(iteration: int, base: float, decay_start: int, train_iterations: int) -> float:
@@ -277,7 +279,7 @@ def settings() -> tuple[argparse.Namespace, list[str]]:
     """
     args = parser.parse_args()
     experiment.check_unlocked(Path(args.experiment_root).expanduser())  # a live run: say so first
-    notes = experiment.resume_args(args, sys.argv[1:]) if args.resume else []
+    notes = experiment.resume_args(args, sys.argv[1:], parser) if args.resume else []
     check_args(args)
     if not args.resume:
         root = Path(args.experiment_root).expanduser()

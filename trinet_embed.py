@@ -114,22 +114,37 @@ def load_weights(npz_file: str | os.PathLike) -> dict[str, np.ndarray]:
             keys = set(f.files)
             weights = {}
             for i, (name, shape) in enumerate(layout):
-                if f'arr_{i}' not in keys:
-                    raise common.InputError(
-                        f'{npz_file}: arr_{i} is missing ({len(keys)} arrays, TriNet has '
-                        f'{len(layout)}); {name} expects shape {shape}')
-                array = f[f'arr_{i}']
-                if array.shape != shape:
-                    raise common.InputError(f'{npz_file}: arr_{i} has shape {array.shape} but '
-                                            f'{name} expects {shape}')
-                weights[name] = array.astype(np.float32)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+                weights[name] = _checked_array(f, i, name, shape, npz_file, len(keys),
+                                               len(layout))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise common.InputError(f'cannot read weights {npz_file}: {e}') from None
     extra = sorted(keys - {f'arr_{i}' for i in range(len(layout))})
     if extra:
         raise common.InputError(f'{npz_file}: {len(extra)} arrays more than the {len(layout)} of '
                                 f'TriNet, e.g. {", ".join(extra[:3])}')
     return weights
+
+
+def _checked_array(npz, i: int, name: str, shape: tuple, npz_file, count: int,
+                   expected: int) -> np.ndarray:
+    """`arr_i` of the open npz as float32, once it is there, readable without unpickling, of
+    `shape`, numbers and finite; else an InputError naming it."""
+    key = f'arr_{i}'
+    if key not in npz.files:
+        raise common.InputError(f'{npz_file}: {key} is missing ({count} arrays, TriNet has '
+                                f'{expected}); {name} expects shape {shape}')
+    try:
+        array = npz[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # e.g. a pickled object
+        raise common.InputError(f'{npz_file}: {key} cannot be read: {e}') from None
+    if array.shape != shape:
+        raise common.InputError(f'{npz_file}: {key} has shape {array.shape} but {name} expects '
+                                f'{shape}')
+    if array.dtype.kind not in 'fiu':
+        raise common.InputError(f'{npz_file}: {key} ({name}) holds {array.dtype}, not numbers')
+    if not np.isfinite(array).all():
+        raise common.InputError(f'{npz_file}: {key} ({name}) holds NaN or inf')
+    return array.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- network
@@ -253,10 +268,11 @@ def read_image_list(image_list: str | os.PathLike) -> list[tuple[int, str]]:
     """
     import cv2
     try:
-        with open(image_list, encoding='utf-8') as f:
-            entries = [(n, line.strip()) for n, line in enumerate(f, start=1) if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise common.InputError(f'cannot read image list {image_list}: {e}') from None
+        text = common.read_text(image_list, 'image list')
+    except FileNotFoundError:
+        raise common.InputError(f'image list {image_list} does not exist') from None
+    lines = text.replace('\r\n', '\n').replace('\r', '\n').split('\n')  # any line ends
+    entries = [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
     if not entries:
         raise common.InputError(f'image list {image_list} has no paths')
     # haveImageReader only reads the signature: a truncated image is still caught at decoding.
@@ -268,12 +284,31 @@ def read_image_list(image_list: str | os.PathLike) -> list[tuple[int, str]]:
     return entries
 
 
+def ends_early(data: np.ndarray) -> bool:
+    """True for JPEG bytes cut short: no end-of-image marker after the last scan.
+
+    OpenCV decodes such a file with a warning and grey pixels where data is missing, which
+    would be embedded silently; TensorFlow (embed.py) refuses it. Inside a scan a 0xFF byte is
+    always followed by 0x00 or a restart marker, so an end marker there cannot be a chance match.
+    """
+    data = data.tobytes()
+    return data[:2] == b'\xff\xd8' and data.rfind(b'\xff\xd9') < data.rfind(b'\xff\xda')
+
+
 def load_batch(entries: list[tuple[int, str]], image_list: str) -> np.ndarray:
     """Reads and crops a batch of images: (len(entries) * 10, 256, 128, 3) float32."""
     import cv2
     crops = []
     for number, path in entries:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR uint8, grey images get 3 channels
+        try:
+            data = np.fromfile(path, np.uint8)
+        except OSError as e:
+            raise common.InputError(f'cannot read image {path} (line {number} of {image_list}): '
+                                    f'{e.strerror or e}') from None
+        if ends_early(data):
+            raise common.InputError(f'image {path} (line {number} of {image_list}) is cut short: '
+                                    'its JPEG data has no end marker')
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # BGR uint8, grey images get 3 channels
         if image is None:
             raise common.InputError(f'cannot read image {path} (line {number} of {image_list})')
         crops.append(ten_crops(image))

@@ -117,7 +117,8 @@ def unparsable(bad: list[str], what: str, skip: bool) -> None:
     if not skip:
         raise common.InputError(f'{len(bad)} files are not named like {what}: {listed} '
                                 '(pass --skip_unparsable to leave them out)')
-    print(f'skipped {len(bad)} files not named like {what}: {listed}', file=sys.stderr)
+    print(common.printable(f'skipped {len(bad)} files not named like {what}: {listed}'),
+          file=sys.stderr)
 
 
 def parse_pids(fids: list[str], pattern: re.Pattern, what: str,
@@ -146,7 +147,7 @@ def write_csvs(out: Path, tables: dict[str, list[tuple[str, str]]]) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise common.InputError(f'cannot write to {out}: {e}') from None
+        raise common.InputError(f'cannot write to {out}: {e.strerror or e}') from None
     with contextlib.ExitStack() as stack:  # renames when every file is written
         for name, rows in tables.items():
             tmp = stack.enter_context(common.atomic_write(out / f'{name}.csv'))
@@ -194,9 +195,9 @@ def read_msmt17_list(root: Path, list_name: str, image_dir: str,
     """(pid, fid) rows of one list_*.txt, in its order; the label must agree with the name."""
     path = root / list_name
     try:
-        lines = path.read_text(encoding='utf-8').splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise common.InputError(f'cannot read {path}: {e}') from None
+        lines = common.read_text(path, 'the list').split('\n')
+    except FileNotFoundError:
+        raise common.InputError(f'{path} is missing') from None
     rows, bad, missing = [], [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -222,7 +223,7 @@ def load_mat(path: Path, key: str) -> np.ndarray:
     import scipy.io
     try:
         return np.asarray(scipy.io.loadmat(path)[key])
-    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+    except Exception as e:  # scipy's reader raises all kinds of errors on damaged files
         raise common.InputError(f'cannot read variable {key!r} of {path}: {e!r}') from None
 
 
@@ -231,9 +232,9 @@ def mars_query(root: Path, skip: bool) -> list[tuple[str, str]]:
     info = root / 'info'
     names_file = info / 'test_name.txt'
     try:
-        names = names_file.read_text(encoding='utf-8').split()
-    except (OSError, UnicodeDecodeError) as e:
-        raise common.InputError(f'cannot read {names_file}: {e}') from None
+        names = common.read_text(names_file, 'the list').split()
+    except FileNotFoundError:
+        raise common.InputError(f'{names_file} is missing') from None
     tracks = load_mat(info / 'tracks_test_info.mat', 'track_test_info')
     query_idx = load_mat(info / 'query_IDX.mat', 'query_IDX').ravel()
     if tracks.ndim != 2 or tracks.shape[1] < 4:

@@ -248,3 +248,14 @@ def pytest_collection_modifyitems(items) -> None:
     """Slow tests first: with two workers, the long runs then overlap the many short tests
     instead of trailing after them."""
     items.sort(key=lambda item: item.get_closest_marker('slow') is None)  # stable
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Prints what tests reported with record_property('fuzz', ...): the fuzz test's cases."""
+    lines = [value for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, 'when', None) == 'call'
+             for name, value in getattr(report, 'user_properties', ()) if name == 'fuzz']
+    if lines:
+        terminalreporter.write_sep('-', 'fuzz cases')
+        for line in lines:
+            terminalreporter.write_line(line)

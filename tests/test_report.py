@@ -218,3 +218,54 @@ def test_page_shows_the_distances_actually_used(evaluated, monkeypatch):
     finite = seen['dists'][np.isfinite(seen['dists'])]
     assert finite.size and finite.min() >= 0 and finite.max() <= 1
     assert 're-ranking k1=4 k2=2' in seen['options']['options']
+
+
+def test_untrusted_names_show_as_text(tmp_path, monkeypatch):
+    """File names and identities with HTML, and a `$` (matplotlib's formulas), through
+    evaluate.py --report: the page holds none of their markup, and shows each name as text."""
+    import csv
+    from html.parser import HTMLParser
+
+    import evaluate
+    rng = np.random.default_rng(5)
+    pids = ['<script>alert("id")</script>', '$\\frac$ & co', 'plain']
+    fids = [f'{folder}/{name}.png' for folder, name in (
+        ('q', 'x<script>alert(1)'), ('q', '<img src=x onerror=alert(2)>'), ('q', 'a$b'),
+        ('g', 'y<script>'), ('g', '<b>bold</b'), ('g', 'plain'))]
+    names = [(pids[i % 3], fid) for i, fid in enumerate(fids)]
+    with open(tmp_path / 'all.csv', 'w', newline='') as f:
+        csv.writer(f).writerows(names)
+    for _, fid in names[:-1]:  # the last one missing: its name is drawn in the placeholder
+        (tmp_path / fid).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / fid), person((200, 150, 30), (50, 200, 230), rng))
+    with h5py.File(tmp_path / 'all.h5', 'w') as f:
+        f['emb'] = rng.normal(size=(len(names), 4)).astype(np.float32)
+    monkeypatch.setattr(sys, 'argv', [
+        'evaluate.py', '--excluder', 'diagonal', '--query_dataset', str(tmp_path / 'all.csv'),
+        '--query_embeddings', str(tmp_path / 'all.h5'), '--gallery_dataset',
+        str(tmp_path / 'all.csv'), '--gallery_embeddings', str(tmp_path / 'all.h5'),
+        '--report', str(tmp_path / 'page'), '--report_queries', '6', '--image_root',
+        str(tmp_path)])
+    evaluate.main()
+    page = (tmp_path / 'page' / 'index.html').read_text()
+    assert '<script' not in page and '<img src=x' not in page and '<b>bold' not in page
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.text, self.tags = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+        def handle_data(self, data):
+            self.text.append(data)
+    parsed = Text()
+    parsed.feed(page)
+    text = ''.join(parsed.text)
+    for pid, fid in names:
+        assert f'query {fid} (id {pid})' in text
+    assert set(parsed.tags) <= {'html', 'head', 'meta', 'title', 'style', 'body', 'h1', 'h2',
+                                'table', 'tr', 'td', 'b', 'br', 'p', 'ul', 'li', 'div', 'img',
+                                'span'}
+    assert len(list((tmp_path / 'page' / 'queries').glob('*.png'))) == 6
