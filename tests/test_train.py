@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import experiment
 from model import build_model, slim_name
 import loss
 import train
-from conftest import ROOT, file_size_limit
+from conftest import ROOT, file_size_limit, run_read_only
 
 TINY = ['--model_name', 'mobilenet_v1_0_25', '--head_name', 'direct', '--embedding_dim', '8',
         '--batch_p', '4', '--batch_k', '3', '--net_input_height', '32', '--net_input_width', '16',
@@ -523,6 +524,23 @@ def test_failed_checkpoint_write_keeps_the_previous_one(monkeypatch, tmp_path, d
     model = build_model('mobilenet_v1_0_25', 'direct', 8)
     restored = tf.train.Checkpoint(model=model).restore(latest)
     restored.expect_partial().assert_existing_objects_matched()
+
+
+@pytest.mark.slow
+def test_read_only_root_is_refused_in_one_line(tmp_path, full_run):
+    root = tmp_path / 'run'
+    shutil.copytree(full_run[0], root)
+    stored = json.loads((root / 'args.json').read_text())
+    (root / 'args.json').write_text(json.dumps({**stored, 'train_iterations': 25}))
+    before = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+    result = run_read_only(root, [sys.executable, ROOT / 'train.py', '--experiment_root', root,
+                                  '--resume'], cwd=ROOT, capture_output=True, text=True,
+                           timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith('train.py: error: cannot write ') and 'Read-only' in lines[-1]
+    assert 'Traceback' not in result.stderr
+    assert {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()} == before
 
 
 def checkpoint_tensors(path) -> dict:
