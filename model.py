@@ -11,6 +11,9 @@ from pathlib import Path
 from common import InputError
 
 ROOT = Path(__file__).resolve().parent
+# --mixed_precision: `none` computes in float32; the others are Keras' mixed policies
+# (`mixed_bfloat16`, `mixed_float16`): float32 variables, layers computing in the half type.
+PRECISIONS = ('none', 'bfloat16', 'float16')
 
 
 # ----------------------------------------------------------------------------- plug-ins
@@ -28,18 +31,42 @@ def import_plugin(folder: str, name: str):
 
 
 # ----------------------------------------------------------------------------- model
-def build_model(model_name: str, head_name: str, embedding_dim: int):
+def build_model(model_name: str, head_name: str, embedding_dim: int,
+                mixed_precision: str = 'none'):
     """The embedding model: nets/<model_name>.py followed by heads/<head_name>.py.
 
     The model takes float32 RGB images (B, H, W, 3) with values in [0, 255], any H and W
     (the backbone does its own preprocessing), and returns the dict of named endpoints that
-    the net and head produce; `endpoints['emb']` is the (B, embedding_dim) embedding.
+    the net and head produce; `endpoints['emb']` is the (B, embedding_dim) float32 embedding.
+
+    Args:
+        model_name, head_name: modules of nets/ and heads/.
+        embedding_dim: D.
+        mixed_precision: one of PRECISIONS. The net and head are built under that Keras
+            dtype policy, which is then set back: the variables are float32 in every case (so
+            checkpoints do not depend on it), and the head's last layers compute in float32.
+
+    Raises:
+        InputError: an unknown name, or a head whose `emb` is not float32 under the policy.
     """
     import keras
     net = import_plugin('nets', model_name)
     head = import_plugin('heads', head_name)
-    images = keras.Input((None, None, 3), name='images')
-    endpoints = head.endpoints(net.endpoints(images), embedding_dim)
+    if mixed_precision not in PRECISIONS:
+        raise InputError(f'unknown mixed precision {mixed_precision!r}; choose from '
+                         f'{", ".join(PRECISIONS)}')
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy('float32' if mixed_precision == 'none'
+                                  else f'mixed_{mixed_precision}')
+    try:
+        images = keras.Input((None, None, 3), name='images')
+        endpoints = head.endpoints(net.endpoints(images), embedding_dim)
+    finally:
+        keras.config.set_dtype_policy(previous)  # a global: later models are not affected
+    if endpoints['emb'].dtype != 'float32':
+        raise InputError(f'heads/{head_name}.py makes a {endpoints["emb"].dtype} `emb` under '
+                         f'--mixed_precision {mixed_precision}: its last layer needs '
+                         "dtype='float32' (see heads/__init__.py)")
     return keras.Model(images, endpoints, name=f'{model_name}_{head_name}')
 
 
