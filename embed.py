@@ -18,7 +18,8 @@ import numpy as np
 
 import common
 import experiment
-from model import PRECISIONS, build_model, import_plugin, plugin_names
+from model import (PRECISIONS, build_model, computes_bfloat16_on_gpu, cpu_bfloat16, import_plugin,
+                   plugin_names)
 
 AGGREGATORS = plugin_names('aggregators')
 CROPS = ('center', 'avgpool', 'five')
@@ -314,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     types = checked_augmentation(args)
 
     # Settings: the command line wins over args.json.
+    precision_given = args.mixed_precision is not None
     trained = model_settings(args, root)
     net_size = (args.net_input_height, args.net_input_width)
     pre_crop_size = (args.pre_crop_height, args.pre_crop_width)
@@ -336,6 +338,11 @@ def main(argv: list[str] | None = None) -> None:
     # import time.
     checkpoint = checkpoint or experiment.latest_checkpoint(root)
     is_tf1 = experiment.is_tf1_checkpoint(checkpoint)
+    if (not precision_given and args.mixed_precision == 'bfloat16' and cpu_bfloat16() == 'none'
+            and not computes_bfloat16_on_gpu()):  # the weights are float32: embed anywhere
+        log.warning('%s was trained in bfloat16, which this CPU cannot compute (no AVX-512): '
+                    'embedding in float32', root)
+        args.mixed_precision = 'none'
     model = build_model(args.model_name, args.head_name, args.embedding_dim,
                         args.mixed_precision)
     experiment.restore_model(model, checkpoint, args.embedding_dim, is_tf1, log)

@@ -24,7 +24,7 @@ import numpy as np
 import common
 import experiment
 import loss
-from model import PRECISIONS, build_model, load_tf1_checkpoint
+from model import PRECISIONS, build_model, check_precision, load_tf1_checkpoint
 
 parser = argparse.ArgumentParser(
     description='Train a re-identification embedding with a triplet loss on PK batches.',
@@ -108,6 +108,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ('train_set', 'image_root'):
         if getattr(args, name) is None:
             raise common.InputError(f'--{name} is required (unless --resume)')
+    check_precision(args.mixed_precision)  # before the experiment root is written
 
 
 def learning_rate(iteration: int, base: float, decay_start: int, train_iterations: int) -> float:

@@ -177,7 +177,7 @@ def time_input(args) -> None:
           f'images per CPU-second (= per fully used core; {1e3 / per_core:.2f} CPU ms/image)  '
           f'[{machine}]')
     for name, speed in GPU_SPEEDS.items():
-        print(f'  cores to feed {speed:,} images/s ({name}): {speed / per_core:.1f}')
+        print(f'  cores to feed {speed:,} images/s ({name}): {speed / per_core:.2f}')
 
 
 def main():

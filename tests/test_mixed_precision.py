@@ -22,9 +22,18 @@ import model
 import train
 from conftest import ROOT
 from excluders import market1501
-from model import PRECISIONS, build_model, plugin_names
+from model import PRECISIONS, build_model, cpu_bfloat16, plugin_names
 
 HALVES = PRECISIONS[1:]
+# TensorFlow's CPU kernels have bfloat16 only with AVX-512: elsewhere it aborts or crashes the
+# process, and train.py refuses it (test_bfloat16_is_refused_where_the_cpu_cannot_compute_it).
+NO_BFLOAT16 = cpu_bfloat16() == 'none'
+
+
+def available(precision: str) -> None:
+    """Skips, saying why, a test of bfloat16 on a CPU without it."""
+    if precision == 'bfloat16' and NO_BFLOAT16:
+        pytest.skip('this CPU has no AVX-512, so TensorFlow cannot compute bfloat16 on it')
 # Unit roundoff (the largest relative error of one rounding): 8 significand bits for
 # bfloat16, 11 for float16.
 UNIT_ROUNDOFF = {'bfloat16': 2.0 ** -8, 'float16': 2.0 ** -11}
@@ -40,6 +49,7 @@ TRAIN = ['--model_name', 'small_cnn', '--head_name', 'fc1024', '--embedding_dim'
 @pytest.mark.parametrize('precision', HALVES)
 @pytest.mark.parametrize('training', [False, True], ids=['inference', 'training'])
 def test_batch_norm_computes_in_half_precision_with_float32_weights(precision, training):
+    available(precision)
     rng = np.random.default_rng(3)
     decay, epsilon = 0.9, 1e-3
     x = (rng.normal(size=(6, 5, 4, 3)) * 3 + 2).astype(np.float32)
@@ -79,6 +89,7 @@ def test_batch_norm_computes_in_half_precision_with_float32_weights(precision, t
 @pytest.mark.parametrize('precision', HALVES)
 @pytest.mark.parametrize('head', plugin_names('heads'))
 def test_heads_give_float32_embeddings_and_variables(head, precision):
+    available(precision)
     net = build_model('small_cnn', head, 8, precision)
     assert keras.config.dtype_policy().name == 'float32'  # set back for whatever is built next
     out = net(np.zeros((2, 32, 16, 3), np.float32), training=True)
@@ -88,6 +99,7 @@ def test_heads_give_float32_embeddings_and_variables(head, precision):
 
 
 def test_a_head_with_a_half_precision_embedding_is_refused(monkeypatch):
+    available('bfloat16')
     def half_head(endpoints, embedding_dim):
         emb = keras.layers.Dense(embedding_dim)(endpoints['model_output'])
         return {**endpoints, 'emb_raw': emb, 'emb': emb}
@@ -150,6 +162,8 @@ def runs(demo, tmp_path_factory):
     through, the mixed ones interrupted after STOP_AT iterations and resumed. {precision: root}"""
     roots = {}
     for precision in PRECISIONS:
+        if precision == 'bfloat16' and NO_BFLOAT16:
+            continue  # its tests skip and say why
         root = roots[precision] = tmp_path_factory.mktemp('runs') / precision
         argv = ['--train_set', demo / 'demo_train.csv', '--image_root', demo,
                 '--experiment_root', root, *TRAIN, '--mixed_precision', precision]
@@ -186,12 +200,13 @@ def mean_ap(demo, query_emb: np.ndarray, test_emb: np.ndarray) -> float:
                              market1501.Excluder(test_fids))['mAP']
 
 
-@pytest.mark.slow
-def test_mixed_precision_runs_learn_the_demo_as_float32_does(runs, demo):
+@pytest.fixture(scope='module')
+def learned(runs, demo):
+    """How far each run's loss fell, its mAP on the demo's test split, and chance's mAP."""
     losses, maps = {}, {}
     for precision, root in runs.items():
         loss = np.load(root / 'detailed_loss.npy').mean(1)  # (iterations,) batch means
-        losses[precision] = loss[:5].mean() - loss[-5:].mean()  # how far the loss fell
+        losses[precision] = loss[:5].mean() - loss[-5:].mean()
         query_emb, used = embed_here(root, demo, 'query')
         assert used == precision  # embed.py's default: the policy the root was trained with
         test_emb, _ = embed_here(root, demo, 'test')
@@ -200,7 +215,14 @@ def test_mixed_precision_runs_learn_the_demo_as_float32_does(runs, demo):
     rng = np.random.default_rng(0)
     chance = np.mean([mean_ap(demo, rng.normal(size=query_emb.shape),
                               rng.normal(size=test_emb.shape)) for _ in range(3)])
+    return losses, maps, chance
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize('precision', HALVES)
+def test_mixed_precision_runs_learn_the_demo_as_float32_does(precision, learned):
+    available(precision)
+    losses, maps, chance = learned
     # The float32 run must learn, or the comparison proves nothing: mAP 17-26% over seeds 1-4
     # against chance at 4.5% (random embeddings), the loss falling from about 2.5 to 1.
     gain = maps['none'] - chance
@@ -209,14 +231,13 @@ def test_mixed_precision_runs_learn_the_demo_as_float32_does(runs, demo):
     # does; over float32 seeds 1-4 the smallest mAP gain over chance was 0.6x the largest, and
     # the smallest loss drop 0.7x. A mixed run must keep 0.4x of float32's: a run that does not
     # learn (gradients lost to underflow, a step never applied) keeps about none.
-    for precision in HALVES:
-        assert maps[precision] - chance > 0.4 * gain, (precision, maps, chance)
-        assert losses[precision] > 0.4 * losses['none'], (precision, losses)
+    assert maps[precision] - chance > 0.4 * gain, (maps, chance)
+    assert losses[precision] > 0.4 * losses['none'], losses
 
 
 @pytest.mark.slow
 def test_mixed_precision_is_recorded_and_checkpoints_stay_float32(runs, demo):
-    for precision in HALVES:
+    for precision in set(runs) - {'none'}:
         root = runs[precision]
         assert json.loads((root / 'args.json').read_text())['mixed_precision'] == precision
         log = (root / 'train.log').read_text()
@@ -233,14 +254,39 @@ def test_mixed_precision_is_recorded_and_checkpoints_stay_float32(runs, demo):
     assert any('dynamic_scale' in name for name in names.get_variable_to_shape_map())
 
     # A mixed-precision checkpoint restores into a float32 model; the embeddings then differ
-    # only by bfloat16's rounding. Each layer with a kernel rounds its weights, its output and
-    # its batch norm's output once (3 u relative to its scale, which batch norm keeps at about
-    # 1), and the layers' errors add up: at most 3 u L of the largest value for L such layers.
-    mixed, _ = embed_here(runs['bfloat16'], demo, 'query')
-    full, used = embed_here(runs['bfloat16'], demo, 'query', '--mixed_precision', 'none')
+    # only by the half type's rounding. Each layer with a kernel rounds its weights, its output
+    # and its batch norm's output once (3 u relative to its scale, which batch norm keeps at
+    # about 1), and the layers' errors add up: at most 3 u L of the largest value for L layers.
+    half = 'bfloat16' if 'bfloat16' in runs else 'float16'
+    mixed, _ = embed_here(runs[half], demo, 'query')
+    full, used = embed_here(runs[half], demo, 'query', '--mixed_precision', 'none')
     assert used == 'none'
     net = build_model('small_cnn', 'fc1024', 32)
     kernels = sum(1 for layer in net.layers if getattr(layer, 'kernel', None) is not None)
-    bound = 3 * UNIT_ROUNDOFF['bfloat16'] * kernels
+    bound = 3 * UNIT_ROUNDOFF[half] * kernels
     np.testing.assert_allclose(mixed, full, rtol=0, atol=bound * np.abs(full).max())
-    assert not np.allclose(mixed, full, rtol=0, atol=0)  # bfloat16 did compute
+    assert not np.allclose(mixed, full, rtol=0, atol=0)  # the half type did compute
+
+
+def test_bfloat16_is_refused_where_the_cpu_cannot_compute_it(monkeypatch, tmp_path, runs, demo):
+    # ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU one of the project's AVX2-only machines for
+    # TensorFlow (where bfloat16 aborts or crashes): read when TensorFlow starts, so here only
+    # the check sees it.
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+    assert cpu_bfloat16() == 'none'
+    root = tmp_path / 'run'
+    monkeypatch.setattr(sys, 'argv', ['train.py', '--train_set', str(demo / 'demo_train.csv'),
+                                      '--image_root', str(demo), '--experiment_root', str(root),
+                                      *TRAIN, '--mixed_precision', 'bfloat16'])
+    with pytest.raises(common.InputError, match=r'--mixed_precision bfloat16: this CPU has no '
+                                                r'AVX-512.*use --mixed_precision none'):
+        train.main()
+    assert not root.exists()  # refused before anything was written
+    if 'bfloat16' not in runs:
+        return  # no bfloat16 root to embed: this CPU could not train one
+    # embed.py embeds a bfloat16 root there in float32 (its weights are float32), unless told
+    # to use bfloat16.
+    emb, used = embed_here(runs['bfloat16'], demo, 'query')
+    assert used == 'none'
+    with pytest.raises(common.InputError, match='this CPU has no AVX-512'):
+        embed_here(runs['bfloat16'], demo, 'query', '--mixed_precision', 'bfloat16')
