@@ -270,6 +270,7 @@ def test_mixed_precision_is_recorded_and_checkpoints_stay_float32(runs, demo):
     assert not np.allclose(mixed, full, rtol=0, atol=0)  # the half type did compute
 
 
+@pytest.mark.slow  # with the other users of `runs`: conftest runs slow tests first
 def test_bfloat16_is_refused_where_the_cpu_cannot_compute_it(monkeypatch, tmp_path, runs, demo):
     # ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU one of the project's AVX2-only machines for
     # TensorFlow (where bfloat16 aborts or crashes): read when TensorFlow starts, so here only
