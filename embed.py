@@ -18,7 +18,8 @@ import numpy as np
 
 import common
 import experiment
-from model import build_model, import_plugin, plugin_names
+from model import (PRECISIONS, build_model, computes_bfloat16_on_gpu, cpu_bfloat16, import_plugin,
+                   plugin_names)
 
 AGGREGATORS = plugin_names('aggregators')
 CROPS = ('center', 'avgpool', 'five')
@@ -77,6 +78,10 @@ parser.add_argument(
 group = parser.add_argument_group(
     'model settings', 'Default: the value in the experiment\'s args.json.')
 experiment.add_model_flags(group, dict.fromkeys(experiment.MODEL_SETTINGS))
+group.add_argument(
+    '--mixed_precision', choices=PRECISIONS, default=None,
+    help='Compute in this precision (as train.py\'s flag); the embeddings are float32 either '
+         'way. Default: what the experiment was trained with (none for roots without it).')
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -253,6 +258,11 @@ def model_settings(args: argparse.Namespace, root: Path) -> dict:
         experiment.check_crop_size((args.net_input_height, args.net_input_width),
                                    (args.pre_crop_height, args.pre_crop_width),
                                    f'--crop_augment {args.crop_augment}')
+    if args.mixed_precision is None:
+        args.mixed_precision = trained.get('mixed_precision', 'none')
+        if args.mixed_precision not in PRECISIONS:
+            raise common.InputError(f'{args_file}: mixed_precision is {args.mixed_precision!r}, '
+                                    f'expected one of {", ".join(PRECISIONS)}')
     return trained
 
 
@@ -292,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     types = checked_augmentation(args)
 
     # Settings: the command line wins over args.json.
+    precision_given = args.mixed_precision is not None
     trained = model_settings(args, root)
     net_size = (args.net_input_height, args.net_input_width)
     pre_crop_size = (args.pre_crop_height, args.pre_crop_width)
@@ -314,11 +325,18 @@ def main(argv: list[str] | None = None) -> None:
     # import time.
     checkpoint = checkpoint or experiment.latest_checkpoint(root)
     is_tf1 = experiment.is_tf1_checkpoint(checkpoint)
-    model = build_model(args.model_name, args.head_name, args.embedding_dim)
+    if (not precision_given and args.mixed_precision == 'bfloat16' and cpu_bfloat16() == 'none'
+            and not computes_bfloat16_on_gpu()):  # the weights are float32: embed anywhere
+        log.warning('%s was trained in bfloat16, which this CPU cannot compute (no AVX-512): '
+                    'embedding in float32', root)
+        args.mixed_precision = 'none'
+    model = build_model(args.model_name, args.head_name, args.embedding_dim,
+                        args.mixed_precision)
     experiment.restore_model(model, checkpoint, args.embedding_dim, is_tf1, log)
-    log.info('embedding %d images of %s with %s from %s, %d embedding%s each (%s)', len(fids),
+    log.info('embedding %d images of %s with %s from %s, %d embedding%s each (%s)%s', len(fids),
              args.dataset, model.name, checkpoint, len(types), 's' * (len(types) > 1),
-             ', '.join(types))
+             ', '.join(types), f', computing in {args.mixed_precision}'
+             if args.mixed_precision != 'none' else '')
 
     # Embedding.
     paths = [str(image_root / fid) for fid in fids]

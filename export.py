@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     # Settings and files, checked before TensorFlow's import: the command line wins over
     # args.json.
     args.crop_augment = args.image_root = None  # embed.py's flags, read by model_settings
+    args.mixed_precision = 'none'  # exports compute in float32, whatever the training used
     trained = embed.model_settings(args, root)
     checkpoint = experiment.find_checkpoint(root, args.checkpoint)
     check_output(output, root, args.overwrite)

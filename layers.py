@@ -1,4 +1,6 @@
 """The Keras layers that nets/ and heads/ share; it imports no script and no core module."""
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -16,8 +18,10 @@ class BatchNorm(keras.layers.Layer):
     moving = decay * moving + (1 - decay) * batch. In inference mode (training False or
     None, or the layer frozen with trainable=False) the moving averages are used.
 
-    Inputs (B, H, W, C) or (B, C) float32; the output has the input's shape. The weights
-    are named gamma, beta, moving_mean, moving_variance as in slim's checkpoints.
+    Inputs (B, H, W, C) or (B, C); the output has the input's shape and the layer's compute
+    dtype (float32, or bfloat16 / float16 under a mixed-precision policy). The weights are
+    float32 whatever the policy, named gamma, beta, moving_mean, moving_variance as in slim's
+    checkpoints.
     """
 
     def __init__(self, decay: float = 0.997, epsilon: float = 1e-5, scale: bool = True,
@@ -32,16 +36,18 @@ class BatchNorm(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
+        # The fused kernel takes half-precision x only with float32 scale, offset and moments
+        # (and returns float32 moments): the weights are not autocast to the compute dtype.
+        weight = functools.partial(self.add_weight, shape=(channels,), autocast=False)
         if self.scale:
-            self.gamma = self.add_weight(shape=(channels,), initializer='ones', name='gamma')
-        self.beta = self.add_weight(shape=(channels,), initializer='zeros', name='beta')
-        self.moving_mean = self.add_weight(shape=(channels,), initializer='zeros',
-                                           trainable=False, name='moving_mean')
-        self.moving_variance = self.add_weight(shape=(channels,), initializer='ones',
-                                               trainable=False, name='moving_variance')
+            self.gamma = weight(initializer='ones', name='gamma')
+        self.beta = weight(initializer='zeros', name='beta')
+        self.moving_mean = weight(initializer='zeros', trainable=False, name='moving_mean')
+        self.moving_variance = weight(initializer='ones', trainable=False,
+                                      name='moving_variance')
 
     def call(self, inputs, training=None):
-        x = tf.convert_to_tensor(inputs)
+        x = tf.convert_to_tensor(inputs)  # Keras has cast it to the compute dtype
         flat = x.shape.rank == 2
         if flat:
             x = x[:, None, None, :]  # (B, C) -> (B, 1, 1, C): the kernel wants 4-D

@@ -11,6 +11,9 @@ from pathlib import Path
 from common import InputError
 
 ROOT = Path(__file__).resolve().parent
+# --mixed_precision: `none` computes in float32; the others are Keras' mixed policies
+# (`mixed_bfloat16`, `mixed_float16`): float32 variables, layers computing in the half type.
+PRECISIONS = ('none', 'bfloat16', 'float16')
 
 
 # ----------------------------------------------------------------------------- plug-ins
@@ -27,19 +30,113 @@ def import_plugin(folder: str, name: str):
     return import_module(f'{folder}.{name}')
 
 
+# ----------------------------------------------------------------------------- precision
+# oneDNN's instruction sets below AVX-512 (ONEDNN_MAX_CPU_ISA values), and those of AVX-512 that
+# lack its bfloat16 instructions.
+_BELOW_AVX512 = ('SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2')
+_WITHOUT_BF16 = ('AVX512_CORE', 'AVX512_CORE_VNNI')
+
+
+def cpu_bfloat16() -> str:
+    """How TensorFlow's CPU kernels (oneDNN) compute bfloat16 on this machine.
+
+    Returns:
+        `native` (AVX512_BF16 or AMX: faster than float32), `emulated` (AVX-512 without them:
+        about 3x slower than float32 on a Zen 4 limited to AVX512_CORE), `none` (no AVX-512,
+        or oneDNN limited below it by ONEDNN_MAX_CPU_ISA: there bfloat16 convolutions abort and
+        matrix products crash the process, so nothing may be tried) or `unknown` (no
+        /proc/cpuinfo to tell).
+    """
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = next((line.split(':', 1)[1].split() for line in f
+                          if line.startswith('flags')), None)
+    except OSError:
+        flags = None
+    if flags is None:
+        return 'unknown'
+    limit = os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper()
+    if not {'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'} <= set(flags) or limit in _BELOW_AVX512:
+        return 'none'
+    if not {'avx512_bf16', 'amx_bf16'} & set(flags) or limit in _WITHOUT_BF16:
+        return 'emulated'
+    return 'native'
+
+
+def computes_bfloat16_on_gpu() -> bool:
+    """True if TensorFlow sees a GPU, which then computes bfloat16 rather than the CPU."""
+    import tensorflow as tf
+    return bool(tf.config.list_physical_devices('GPU'))
+
+
+def check_precision(mixed_precision: str) -> str | None:
+    """Refuses a precision this machine cannot compute, before anything is built with it.
+
+    Args:
+        mixed_precision: one of PRECISIONS. Only bfloat16 on a machine without a GPU is
+            checked: float16 runs on every CPU (slowly: it has no float16 arithmetic).
+
+    Returns:
+        A warning to log where bfloat16 is emulated, else None.
+
+    Raises:
+        InputError: bfloat16 on a CPU whose kernels have no bfloat16 (cpu_bfloat16 `none`).
+    """
+    if mixed_precision != 'bfloat16' or computes_bfloat16_on_gpu():
+        return None
+    support = cpu_bfloat16()
+    if support == 'none':
+        raise InputError('--mixed_precision bfloat16: this CPU has no AVX-512 (or '
+                         'ONEDNN_MAX_CPU_ISA limits TensorFlow to less), without which '
+                         "TensorFlow's CPU kernels cannot compute bfloat16; use "
+                         '--mixed_precision none, or a GPU')
+    if support == 'emulated':
+        return ('bfloat16 is emulated on this CPU (AVX-512 without AVX512_BF16): expect it '
+                'slower than float32')
+    return None
+
+
 # ----------------------------------------------------------------------------- model
-def build_model(model_name: str, head_name: str, embedding_dim: int):
+def build_model(model_name: str, head_name: str, embedding_dim: int,
+                mixed_precision: str = 'none'):
     """The embedding model: nets/<model_name>.py followed by heads/<head_name>.py.
 
     The model takes float32 RGB images (B, H, W, 3) with values in [0, 255], any H and W
     (the backbone does its own preprocessing), and returns the dict of named endpoints that
-    the net and head produce; `endpoints['emb']` is the (B, embedding_dim) embedding.
+    the net and head produce; `endpoints['emb']` is the (B, embedding_dim) float32 embedding.
+
+    Args:
+        model_name, head_name: modules of nets/ and heads/.
+        embedding_dim: D.
+        mixed_precision: one of PRECISIONS. The net and head are built under that Keras
+            dtype policy, which is then set back: the variables are float32 in every case (so
+            checkpoints do not depend on it), and the head's last layers compute in float32.
+
+    Raises:
+        InputError: an unknown name, a precision this machine cannot compute (check_precision),
+            or a head whose `emb` is not float32 under the policy.
     """
     import keras
     net = import_plugin('nets', model_name)
     head = import_plugin('heads', head_name)
-    images = keras.Input((None, None, 3), name='images')
-    endpoints = head.endpoints(net.endpoints(images), embedding_dim)
+    if mixed_precision not in PRECISIONS:
+        raise InputError(f'unknown mixed precision {mixed_precision!r}; choose from '
+                         f'{", ".join(PRECISIONS)}')
+    note = check_precision(mixed_precision)
+    if note:
+        logging.getLogger('triplet-reid').warning(note)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy('float32' if mixed_precision == 'none'
+                                  else f'mixed_{mixed_precision}')
+    try:
+        images = keras.Input((None, None, 3), name='images')
+        endpoints = head.endpoints(net.endpoints(images), embedding_dim)
+    finally:
+        keras.config.set_dtype_policy(previous)  # a global: later models are not affected
+    if endpoints['emb'].dtype != 'float32':
+        raise InputError(f'heads/{head_name}.py makes a {endpoints["emb"].dtype} `emb` under '
+                         f'--mixed_precision {mixed_precision}: its last layer needs '
+                         "dtype='float32' (see heads/__init__.py)")
     return keras.Model(images, endpoints, name=f'{model_name}_{head_name}')
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import common
 import experiment
 import loss
-from model import build_model, load_tf1_checkpoint, open_tf1_checkpoint
+from model import (PRECISIONS, build_model, check_precision, load_tf1_checkpoint,
+                   open_tf1_checkpoint)
 
 parser = argparse.ArgumentParser(
     description='Train a re-identification embedding with a triplet loss on PK batches.',
@@ -89,6 +90,9 @@ parser.add_argument('--keep_checkpoints', default=0, type=common.nonnegative_int
                          'the 2017 code did.')
 parser.add_argument('--jit', action='store_true', default=False,
                     help='Compile the training step with XLA: for GPUs (2x slower on CPUs).')
+parser.add_argument('--mixed_precision', default='none', choices=PRECISIONS,
+                    help='Compute in bfloat16 or float16 (with dynamic loss scaling), keeping '
+                         'float32 variables, embeddings, distances and loss; none: all float32.')
 
 LN2 = math.log(2.0)
 COLLAPSE_ITERATIONS = 100  # iterations at ln 2 before the collapse warning
@@ -114,6 +118,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise common.InputError(f'--{name} is required (unless --resume)')
     if args.initial_checkpoint:  # readable, before the experiment root is written
         open_tf1_checkpoint(args.initial_checkpoint)
+    check_precision(args.mixed_precision)  # before the experiment root is written
 
 
 def learning_rate(iteration: int, base: float, decay_start: int, train_iterations: int) -> float:
@@ -223,8 +228,10 @@ def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: 
         (the optimised mean), `losses` (B,), `emb` (B, D), `dists` (B, B), `grads_finite` ()
         bool and the entries of loss.batch_metrics.
     """
+    import keras
     import tensorflow as tf
     loss_fn = getattr(loss, loss_name)
+    loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     @tf.function(jit_compile=jit)
     def step(images, pids):
@@ -235,8 +242,11 @@ def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: 
             total = tf.reduce_mean(losses)
             if model.losses:  # weight decay, if a net or head asks for it
                 total += tf.add_n(model.losses)
-        grads = tape.gradient(total, model.trainable_variables)
+            scaled = optimizer.scale_loss(total)  # float16: times the dynamic loss scale
+        grads = tape.gradient(scaled, model.trainable_variables)
         grads_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        if loss_scaling:  # an overflow of the scaled loss: the optimizer skips the step and
+            grads_finite |= optimizer.dynamic_scale > 1  # halves the scale; at 1, stop
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return {'loss': total, 'losses': losses, 'emb': emb, 'dists': dists,
                 'grads_finite': grads_finite,
@@ -345,10 +355,17 @@ def build_training(args: argparse.Namespace, root: Path, log):
     if args.deterministic:  # before any op runs; kernels without a deterministic version fail
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(args.seed)  # the initialisation; batches are seeded apart
-    model = build_model(args.model_name, args.head_name, args.embedding_dim)
+    model = build_model(args.model_name, args.head_name, args.embedding_dim,
+                        args.mixed_precision)
     # TF1's Adam (which the 2017 code used) has epsilon 1e-8; Keras' default is 1e-7.
     optimizer = keras.optimizers.Adam(learning_rate=args.learning_rate, epsilon=1e-8)
+    if args.mixed_precision == 'float16':  # small gradients underflow float16 unless scaled
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)  # so that its slots are in every checkpoint
+    if args.mixed_precision != 'none':
+        log.info('mixed precision: layers compute in %s%s; variables, embeddings, distances and '
+                 'the loss are float32', args.mixed_precision,
+                 ' with dynamic loss scaling' * (args.mixed_precision == 'float16'))
     removed = experiment.remove_partial_checkpoints(root)
     if removed:
         log.warning('removed %s: the partial checkpoint of a run killed while saving',
@@ -523,8 +540,9 @@ def train(args: argparse.Namespace, root: Path, data: tuple, notes: list[str]) -
     start = saved = int(step.numpy())
     dataset = make_dataset(paths, labels, args, start)
     beta1_switch = args.beta1_after_decay is not None and args.decay_start_iteration >= 0
+    adam = getattr(optimizer, 'inner_optimizer', optimizer)  # float16: inside the loss scaler
     if beta1_switch and start >= args.decay_start_iteration:
-        optimizer.beta_1 = args.beta1_after_decay
+        adam.beta_1 = args.beta1_after_decay
     train_step = make_train_step(model, optimizer, args.loss, args.margin, args.metric, args.jit)
     if start >= args.train_iterations:
         log.info('the run is already complete (%d iterations)', start)
@@ -536,7 +554,7 @@ def train(args: argparse.Namespace, root: Path, data: tuple, notes: list[str]) -
         if stop:
             break
         if beta1_switch and iteration == args.decay_start_iteration:
-            optimizer.beta_1 = args.beta1_after_decay  # read when tracing: trace again
+            adam.beta_1 = args.beta1_after_decay  # read when tracing: trace again
             train_step = make_train_step(model, optimizer, args.loss, args.margin, args.metric,
                                          args.jit)
             log.info("Adam's beta1 is now %g", args.beta1_after_decay)

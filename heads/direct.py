@@ -5,8 +5,9 @@ import keras
 def endpoints(endpoints: dict, embedding_dim: int) -> dict:
     """Adds `emb_raw` = `emb` (B, embedding_dim) = Dense(model_output (B, F)).
 
-    The layer is named `emb` (slim scope emb/weights, emb/biases, as the 2017 code).
+    The layer is named `emb` (slim scope emb/weights, emb/biases, as the 2017 code); it
+    computes in float32 under any mixed-precision policy.
     """
-    emb = keras.layers.Dense(embedding_dim, kernel_initializer='orthogonal',
+    emb = keras.layers.Dense(embedding_dim, kernel_initializer='orthogonal', dtype='float32',
                              name='emb')(endpoints['model_output'])
     return {**endpoints, 'emb_raw': emb, 'emb': emb}

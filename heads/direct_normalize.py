@@ -7,5 +7,6 @@ from heads import direct
 def endpoints(endpoints: dict, embedding_dim: int) -> dict:
     """As heads/direct.py, then `emb` (B, embedding_dim) = `emb_raw` / ||`emb_raw`||."""
     endpoints = direct.endpoints(endpoints, embedding_dim)
-    emb = keras.layers.UnitNormalization(name='emb_normalize')(endpoints['emb_raw'])
+    normalize = keras.layers.UnitNormalization(dtype='float32', name='emb_normalize')
+    emb = normalize(endpoints['emb_raw'])
     return {**endpoints, 'emb': emb}

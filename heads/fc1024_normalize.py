@@ -7,5 +7,6 @@ from heads import fc1024
 def endpoints(endpoints: dict, embedding_dim: int) -> dict:
     """As heads/fc1024.py, then `emb` (B, embedding_dim) = `emb_raw` / ||`emb_raw`||."""
     endpoints = fc1024.endpoints(endpoints, embedding_dim)
-    emb = keras.layers.UnitNormalization(name='emb_normalize')(endpoints['emb_raw'])
+    normalize = keras.layers.UnitNormalization(dtype='float32', name='emb_normalize')
+    emb = normalize(endpoints['emb_raw'])
     return {**endpoints, 'emb': emb}

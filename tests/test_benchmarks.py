@@ -10,9 +10,18 @@ import sys
 import pytest
 from conftest import ROOT
 
+# One entry per script, and one per further mode of a script (`script --flag`).
 RUNS = {
     'train_speed.py': (['--steps', '1', '--batch_p', '2', '--batch_k', '2', '--height', '64',
                         '--width', '32'], r'ratio ours / plain Keras: \d+\.\d\d'),
+    'train_speed.py --mixed_precision': (
+        ['--mixed_precision', 'float16', '--model_name', 'small_cnn', '--steps', '1',
+         '--batch_p', '2', '--batch_k', '2', '--height', '32', '--width', '16'],
+        r'ratio float16 / float32: \d+\.\d\d'),
+    'train_speed.py --input_only': (
+        ['--input_only', '--batch_p', '2', '--batch_k', '2', '--height', '32', '--width', '16',
+         '--jpeg_height', '40', '--jpeg_width', '20', '--batches', '2'],
+        r'\d+ images per CPU-second.*\n.*\n +cores to feed 2,000 images/s .*: \d+\.\d'),
     'embed_speed.py': (['--model_name', 'small_cnn', '--height', '32', '--width', '16',
                         '--batch_size', '4', '--images', '8', '--rounds', '1'],
                        r'pipeline / bare throughput = \d+\.\d+'),
@@ -31,11 +40,19 @@ RUNS = {
 }
 
 
+SCRIPTS = sorted(p.name for p in (ROOT / 'benchmarks').glob('[!_]*.py'))
+
+
+def test_every_benchmark_has_a_toy_run():
+    missing = set(SCRIPTS) - {run.split()[0] for run in RUNS}
+    assert not missing, f'benchmarks/{", ".join(sorted(missing))}: no toy run in this test'
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('script', sorted(p.name for p in (ROOT / 'benchmarks').glob('[!_]*.py')))
-def test_benchmark_runs(script):
-    assert script in RUNS, f'benchmarks/{script} has no toy run in this test'
-    flags, expected = RUNS[script]
+@pytest.mark.parametrize('run', sorted(RUNS))
+def test_benchmark_runs(run):
+    script = run.split()[0]
+    flags, expected = RUNS[run]
     done = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / script), *flags],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
