@@ -318,12 +318,14 @@ def training_checkpoint(root: Path, model, optimizer):
     return step, manager
 
 
-def restore_training(manager, description: str) -> str | None:
-    """Restores model, optimizer and step from the manager's latest checkpoint, if any.
+def restore_training(manager, description: str, root: Path | None = None) -> str | None:
+    """Restores model, optimizer and step from the latest checkpoint, if any.
 
     Args:
         manager: from training_checkpoint.
         description: the model, named in the error message (e.g. `resnet_v1_50 + fc1024`).
+        root: the folder of the checkpoint; default: the manager's (a multiworker process
+            that is not the chief saves elsewhere but restores from the experiment root).
 
     Returns:
         The restored checkpoint's path, or None if the root has no checkpoint.
@@ -332,7 +334,7 @@ def restore_training(manager, description: str) -> str | None:
         common.InputError: the checkpoint does not fit the model or the optimizer.
     """
     import tensorflow as tf
-    latest = manager.latest_checkpoint
+    latest = tf.train.latest_checkpoint(str(root)) if root else manager.latest_checkpoint
     if latest:
         try:
             manager.checkpoint.restore(latest).assert_existing_objects_matched()
