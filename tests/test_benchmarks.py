@@ -13,6 +13,9 @@ from conftest import ROOT
 RUNS = {
     'train_speed.py': (['--steps', '1', '--batch_p', '2', '--batch_k', '2', '--height', '64',
                         '--width', '32'], r'ratio ours / plain Keras: \d+\.\d\d'),
+    'distribute_speed.py': (['--model_name', 'small_cnn', '--steps', '1', '--batch_p', '2',
+                             '--batch_k', '2', '--height', '32', '--width', '16'],
+                            r'sync / no sync: \d+\.\d\d; sync / one device: \d+\.\d\d'),
     'embed_speed.py': (['--model_name', 'small_cnn', '--height', '32', '--width', '16',
                         '--batch_size', '4', '--images', '8', '--rounds', '1'],
                        r'pipeline / bare throughput = \d+\.\d+'),
