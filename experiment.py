@@ -20,7 +20,8 @@ from model import load_tf1_checkpoint, plugin_names
 ARGS_FILE = 'args.json'
 LOCK_FILE = 'train.lock'  # held by the train.py that writes into the root; holds its PID
 CHECKPOINT_NAME = 'checkpoint'  # files checkpoint-<iterations done>.index/.data-*
-NEVER_COMPARED = ('resume', 'experiment_root')  # flags that --resume does not take from args.json
+# Flags that --resume does not take from args.json: the cluster's time-out is the machines'.
+NEVER_COMPARED = ('resume', 'experiment_root', 'cluster_timeout')
 # The settings of the trained model that embed.py takes from args.json unless given. Only
 # these are read: the training flags flip_augment and crop_augment must not switch on
 # test-time augmentation.

@@ -254,6 +254,19 @@ def test_checkpoints_move_between_strategies_and_one_device(two_devices, csv, tm
     assert experiment.step_of(experiment.checkpoints_in(single)[-1]) == 4
 
 
+def test_the_log_shows_one_devices_numbers(two_devices):
+    # The same seed, data and initial weights on 1 device and on 2 replicas: the log lines of
+    # the first two iterations agree, up to the last printed digit of the losses.
+    runs = two_devices[1]
+    pattern = (r'iter ([12])/2: loss min ([\d.]+) mean ([\d.]+) max ([\d.]+), (top-1 .*), lr')
+    lines = [re.findall(pattern, (runs / name / 'train.log').read_text())
+             for name in ('single', 'mirrored')]
+    assert len(lines[0]) == len(lines[1]) == 2
+    for one, two in zip(*lines, strict=True):
+        np.testing.assert_allclose(np.float64(two[1:4]), np.float64(one[1:4]), atol=1.5e-3)
+        assert two[4] == one[4]  # top-1, precision@(K-1), active triplets
+
+
 def read_emb(path):
     import h5py
     with h5py.File(path, 'r') as f:
