@@ -314,10 +314,11 @@ def gather_replicas(context, value):
     """All replicas' `value` (b, ...), concatenated in replica order: (replicas * b, ...).
 
     What ReplicaContext.all_gather does, as an all-reduce of a (replicas, b, ...) tensor that
-    is zero but for this replica's slot: all_gather fails while tracing under
-    MultiWorkerMirroredStrategy with one device per worker ("destinations can not be empty",
-    TensorFlow 2.21). The gradient is the same as all_gather's: the all-reduce (sum) of the
-    replicas' gradients, of which each keeps its own slot.
+    is zero but for this replica's slot: all_gather of the step's embeddings fails while
+    tracing under MultiWorkerMirroredStrategy with one device per worker ("destinations can
+    not be empty": TensorFlow 2.21 gathers to the input tensor's device, unset in the graph).
+    The gradient is the same as all_gather's: the all-reduce (sum) of the replicas'
+    gradients, of which each keeps its own slot.
     """
     import tensorflow as tf
     slot = tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync,
