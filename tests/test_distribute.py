@@ -204,6 +204,7 @@ def two_devices(tmp_path_factory, csv):
 
 
 # ----------------------------------------------------------------------------- 2 replicas
+@pytest.mark.slow  # shares the 2-device processes of `two_devices` (~50 s)
 @pytest.mark.parametrize('loss_name', LOSSES)
 def test_two_replicas_give_one_devices_losses_and_gradients(two_devices, loss_name):
     got = {k.split('/')[1]: v for k, v in two_devices[0].items() if k.startswith(loss_name)}
@@ -216,6 +217,7 @@ def test_two_replicas_give_one_devices_losses_and_gradients(two_devices, loss_na
     assert np.linalg.norm(got['grad_2'] - got['grad_1']) < 0.01 * scale
 
 
+@pytest.mark.slow  # shares the 2-device processes of `two_devices` (~50 s)
 def test_adam_steps_on_two_replicas_move_the_weights_alike(two_devices):
     got = {k.split('/')[1]: v for k, v in two_devices[0].items() if k.startswith('adam/')}
     moved = np.linalg.norm(got['single'] - got['start'])
@@ -223,12 +225,14 @@ def test_adam_steps_on_two_replicas_move_the_weights_alike(two_devices):
     assert np.linalg.norm(got['split'] - got['single']) < ADAM_TOLERANCE * moved
 
 
+@pytest.mark.slow  # shares the 2-device processes of `two_devices` (~50 s)
 def test_a_batch_that_does_not_split_is_refused(two_devices):
     message = str(two_devices[0]['odd_batch_error'])
     assert '9 images cannot be split evenly over 2 replicas' in message
     assert '--batch_p can be 2, 4' in message
 
 
+@pytest.mark.slow  # shares the 2-device processes of `two_devices` (~50 s)
 def test_checkpoints_move_between_strategies_and_one_device(two_devices, csv, tmp_path):
     import embed
     import experiment
@@ -254,6 +258,7 @@ def test_checkpoints_move_between_strategies_and_one_device(two_devices, csv, tm
     assert experiment.step_of(experiment.checkpoints_in(single)[-1]) == 4
 
 
+@pytest.mark.slow  # shares the 2-device processes of `two_devices` (~50 s)
 def test_the_log_shows_one_devices_numbers(two_devices):
     # The same seed, data and initial weights on 1 device and on 2 replicas: the log lines of
     # the first two iterations agree, up to the last printed digit of the losses.
