@@ -21,7 +21,8 @@ from model import load_tf1_checkpoint, plugin_names
 ARGS_FILE = 'args.json'
 LOCK_FILE = 'train.lock'  # held by the train.py that writes into the root; holds its PID
 CHECKPOINT_NAME = 'checkpoint'  # files checkpoint-<iterations done>.index/.data-*
-NEVER_COMPARED = ('resume', 'experiment_root')  # flags that --resume does not take from args.json
+# Flags that --resume does not take from args.json: the cluster's time-out is the machines'.
+NEVER_COMPARED = ('resume', 'experiment_root', 'cluster_timeout')
 # The settings of the trained model that embed.py takes from args.json unless given. Only
 # these are read: the training flags flip_augment and crop_augment must not switch on
 # test-time augmentation.
@@ -402,12 +403,14 @@ def remove_partial_checkpoints(root: Path) -> list[str]:
     return sorted(path.name for path in partial)
 
 
-def restore_training(manager, description: str) -> str | None:
-    """Restores model, optimizer and step from the manager's latest checkpoint, if any.
+def restore_training(manager, description: str, root: Path | None = None) -> str | None:
+    """Restores model, optimizer and step from the latest checkpoint, if any.
 
     Args:
         manager: from training_checkpoint.
         description: the model, named in the error message (e.g. `resnet_v1_50 + fc1024`).
+        root: the folder of the checkpoint; default: the manager's (a multiworker process
+            that is not the chief saves elsewhere but restores from the experiment root).
 
     Returns:
         The restored checkpoint's path, or None if the root has no checkpoint.
@@ -416,7 +419,7 @@ def restore_training(manager, description: str) -> str | None:
         common.InputError: the checkpoint does not fit the model or the optimizer.
     """
     import tensorflow as tf
-    latest = manager.latest_checkpoint
+    latest = tf.train.latest_checkpoint(str(root)) if root else manager.latest_checkpoint
     if latest:
         try:
             manager.checkpoint.restore(latest).assert_existing_objects_matched()

@@ -18,6 +18,11 @@ class BatchNorm(keras.layers.Layer):
     moving = decay * moving + (1 - decay) * batch. In inference mode (training False or
     None, or the layer frozen with trainable=False) the moving averages are used.
 
+    Under a tf.distribute strategy with several replicas, `synchronized = True` (train.py
+    sets it for --sync_batch_norm) computes the training-mode moments over the whole batch
+    of all replicas, so that the output does not depend on how the batch is split; one
+    replica, or synchronized False, keeps the fused kernel on the replica's own share.
+
     Inputs (B, H, W, C) or (B, C); the output has the input's shape and the layer's compute
     dtype (float32, or bfloat16 / float16 under a mixed-precision policy). The weights are
     float32 whatever the policy, named gamma, beta, moving_mean, moving_variance as in slim's
@@ -25,11 +30,12 @@ class BatchNorm(keras.layers.Layer):
     """
 
     def __init__(self, decay: float = 0.997, epsilon: float = 1e-5, scale: bool = True,
-                 **kwargs):
+                 synchronized: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.decay = decay
         self.epsilon = epsilon
         self.scale = scale
+        self.synchronized = synchronized
         # cuDNN refuses epsilon < 1e-5 and 1e-5 in float32 is just below it; TensorFlow's
         # own wrappers (and so slim) used the same floor. The change is invisible.
         self._kernel_epsilon = max(epsilon, 1.001e-5)
@@ -42,9 +48,12 @@ class BatchNorm(keras.layers.Layer):
         if self.scale:
             self.gamma = weight(initializer='ones', name='gamma')
         self.beta = weight(initializer='zeros', name='beta')
-        self.moving_mean = weight(initializer='zeros', trainable=False, name='moving_mean')
+        # Replicas update the moving averages with the mean of their values (the same values
+        # when synchronized); a mirrored variable refuses updates without an aggregation.
+        self.moving_mean = weight(initializer='zeros', trainable=False, name='moving_mean',
+                                  aggregation='mean')
         self.moving_variance = weight(initializer='ones', trainable=False,
-                                      name='moving_variance')
+                                      name='moving_variance', aggregation='mean')
 
     def call(self, inputs, training=None):
         x = tf.convert_to_tensor(inputs)  # Keras has cast it to the compute dtype
@@ -54,7 +63,17 @@ class BatchNorm(keras.layers.Layer):
         elif x.shape.rank != 4:
             raise ValueError(f'{self.name}: expected a 2-D or 4-D input, got {x.shape}')
         gamma = self.gamma if self.scale else tf.ones_like(self.beta)
-        if training and self.trainable:
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        if training and self.trainable and self.synchronized and replicas > 1:
+            mean, variance, count = self._global_moments(x)
+            y = tf.nn.batch_normalization(tf.cast(x, tf.float32), mean, variance, self.beta,
+                                          gamma, self._kernel_epsilon)
+            y = tf.cast(y, x.dtype)  # half precision under a mixed-precision policy
+            variance *= count / tf.maximum(count - 1.0, 1.0)  # unbiased, as the kernel's
+            momentum = 1.0 - self.decay
+            self.moving_mean.assign_sub((self.moving_mean - mean) * momentum)
+            self.moving_variance.assign_sub((self.moving_variance - variance) * momentum)
+        elif training and self.trainable:
             y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
                 x=x, scale=gamma, offset=self.beta, mean=tf.constant([]),
                 variance=tf.constant([]), epsilon=self._kernel_epsilon,
@@ -69,9 +88,30 @@ class BatchNorm(keras.layers.Layer):
                 exponential_avg_factor=1.0, data_format='NHWC', is_training=False)
         return y[:, 0, 0, :] if flat else y
 
+    def _global_moments(self, x):
+        """Mean (C,) and biased variance (C,) of `x` (B, H, W, C) over every replica's batch,
+        and the number of values per channel, with one all-reduce of per-channel sums.
+
+        The sums are of x minus the moving mean (the same on every replica), so that
+        E[x^2] - E[x]^2 does not cancel catastrophically once the moving mean is near the
+        batch's. The all-reduce's gradient is an all-reduce of the gradients, which makes
+        the backward pass that of batch norm over the whole batch.
+        """
+        shift = tf.stop_gradient(tf.convert_to_tensor(self.moving_mean))
+        centred = tf.cast(x, tf.float32) - shift  # moments in float32 whatever the policy
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        sums = tf.concat([tf.reduce_sum(centred, axis=[0, 1, 2]),
+                          tf.reduce_sum(tf.square(centred), axis=[0, 1, 2]), count[None]], 0)
+        sums = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, sums)
+        channels = x.shape[-1]
+        total = sums[-1]
+        centred_mean = sums[:channels] / total
+        variance = tf.maximum(sums[channels:2 * channels] / total - tf.square(centred_mean), 0.0)
+        return centred_mean + shift, variance, total
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), 'decay': self.decay, 'epsilon': self.epsilon,
-                'scale': self.scale}
+                'scale': self.scale, 'synchronized': self.synchronized}

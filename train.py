@@ -9,12 +9,15 @@ Everything the run needs later lands in the experiment root: args.json, checkpoi
 (checkpoint-<iterations done>), train.log and TensorBoard event files.
 """
 import argparse
+import contextlib
 import itertools
+import json
 import math
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +29,8 @@ import experiment
 import loss
 from model import (PRECISIONS, build_model, check_precision, load_tf1_checkpoint,
                    open_tf1_checkpoint)
+
+DISTRIBUTE = ('none', 'mirrored', 'multiworker')
 
 parser = argparse.ArgumentParser(
     description='Train a re-identification embedding with a triplet loss on PK batches.',
@@ -93,6 +98,19 @@ parser.add_argument('--jit', action='store_true', default=False,
 parser.add_argument('--mixed_precision', default='none', choices=PRECISIONS,
                     help='Compute in bfloat16 or float16 (with dynamic loss scaling), keeping '
                          'float32 variables, embeddings, distances and loss; none: all float32.')
+parser.add_argument('--distribute', default='none', choices=DISTRIBUTE,
+                    help='none: one device. mirrored: all GPUs of this machine (else its CPU '
+                         'devices). multiworker: one process per machine, the cluster and this '
+                         'process\'s place in it given by the TF_CONFIG environment variable. '
+                         'The PK batch is split over all replicas; the loss is that of the '
+                         'whole batch.')
+parser.add_argument('--sync_batch_norm', action=argparse.BooleanOptionalAction, default=None,
+                    help='Batch norm statistics over the whole batch of all replicas, so that '
+                         'training does not depend on how the batch is split; default: on with '
+                         '--distribute mirrored or multiworker.')
+parser.add_argument('--cluster_timeout', default=90, type=common.positive_float,
+                    help='With --distribute multiworker: seconds to wait for every worker of '
+                         'TF_CONFIG to connect before giving up.')
 
 LN2 = math.log(2.0)
 COLLAPSE_ITERATIONS = 100  # iterations at ln 2 before the collapse warning
@@ -119,6 +137,36 @@ def check_args(args: argparse.Namespace) -> None:
     if args.initial_checkpoint:  # readable, before the experiment root is written
         open_tf1_checkpoint(args.initial_checkpoint)
     check_precision(args.mixed_precision)  # before the experiment root is written
+    if args.sync_batch_norm is None:  # args.json of a run from before the flag existed
+        args.sync_batch_norm = args.distribute != 'none'
+
+
+def cluster_task(args: argparse.Namespace) -> tuple[list[str], int]:
+    """The workers' addresses and this process's index among them, from TF_CONFIG.
+
+    Read before TensorFlow starts, to know whether this process is the chief (index 0),
+    the one that writes into the experiment root. Without --distribute multiworker: ([], 0).
+
+    Raises:
+        common.InputError: TF_CONFIG is missing or not of the form TensorFlow expects.
+    """
+    if args.distribute != 'multiworker':
+        return [], 0
+    example = ('{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
+               '"worker", "index": 0}}')
+    try:
+        config = json.loads(os.environ['TF_CONFIG'])
+        workers = [str(address) for address in config['cluster']['worker']]
+        task = config['task']
+        index = int(task['index'])
+        kind = task['type']
+    except (KeyError, TypeError, ValueError) as e:
+        raise common.InputError(f'--distribute multiworker needs the environment variable '
+                                f'TF_CONFIG={example!r} (problem: {e!r})') from None
+    if set(config['cluster']) != {'worker'} or kind != 'worker' or not 0 <= index < len(workers):
+        raise common.InputError(f'TF_CONFIG {os.environ["TF_CONFIG"]!r}: expected only '
+                                f'"worker" tasks and an index below their number, as in {example}')
+    return workers, index
 
 
 def learning_rate(iteration: int, base: float, decay_start: int, train_iterations: int) -> float:
@@ -161,24 +209,31 @@ def pk_batches(labels: np.ndarray, batch_p: int, batch_k: int, seed: int):
 
 
 def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
-                 start_iteration: int):
+                 start_iteration: int, worker: int = 0, workers: int = 1):
     """The training batches from `start_iteration` on, as a tf.data.Dataset.
 
     Batch i is the same whether the run started at 0 or was resumed at i, sampling and
     augmentation alike: the sampler is replayed up to i, and each image's random crop and
-    flip are seeded by its position in the stream.
+    flip are seeded by its position in the stream. With several workers each loads only its
+    part of every batch (the worker'th of `workers` equal consecutive parts).
 
     Returns:
-        Dataset of (images (B, H, W, 3) float32 in [0, 255], labels (B,) int32, rows (B,)
-        int64), B = P*K, H and W the net input size.
+        Dataset of (images (b, H, W, 3) float32 in [0, 255], labels (b,) int32, rows (B,)
+        int64: the whole batch's), B = P*K, b = B / workers, H and W the net input size.
     """
     import tensorflow as tf
     size = args.batch_p * args.batch_k
+    share = size // workers
+    mine = slice(worker * share, (worker + 1) * share)
     height, width = args.net_input_height, args.net_input_width
 
     def sampler():
         yield from itertools.islice(pk_batches(labels, args.batch_p, args.batch_k, args.seed),
                                     start_iteration, None)
+
+    def my_rows():
+        for rows in sampler():
+            yield rows[mine]
 
     paths_t, labels_t = tf.constant(paths), tf.constant(labels, tf.int32)
 
@@ -195,11 +250,17 @@ def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
         return image, labels_t[row], row
 
+    def load_mine(count, row):  # count: of this worker's images; position: in the stream
+        return load(count // share * size + worker * share + count % share, row)
+
     dataset = tf.data.Dataset.from_generator(
+        my_rows, output_signature=tf.TensorSpec((share,), tf.int64))
+    dataset = dataset.unbatch().enumerate(start=start_iteration * share)
+    dataset = dataset.map(load_mine, num_parallel_calls=args.loading_threads)  # keeps the order
+    whole = tf.data.Dataset.from_generator(
         sampler, output_signature=tf.TensorSpec((size,), tf.int64))
-    dataset = dataset.unbatch().enumerate(start=start_iteration * size)
-    dataset = dataset.map(load, num_parallel_calls=args.loading_threads)  # keeps the order
-    return dataset.batch(size).prefetch(2)
+    dataset = tf.data.Dataset.zip(dataset.batch(share), whole)
+    return dataset.map(lambda mine, rows: (*mine[:2], rows)).prefetch(2)
 
 
 def find_undecodable(paths: np.ndarray, threads: int) -> list[str]:
@@ -214,43 +275,182 @@ def find_undecodable(paths: np.ndarray, threads: int) -> list[str]:
     return list(paths[~decoded])
 
 
-def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: bool = False):
-    """The compiled training step: one Adam update on a batch.
+def make_strategy(args: argparse.Namespace, workers: list[str]):
+    """The tf.distribute strategy of --distribute, or None for one device.
+
+    Must run before any other TensorFlow op: MultiWorkerMirroredStrategy configures the
+    runtime's collective ops and its gRPC server when it is created.
+
+    Raises:
+        common.InputError: the other workers did not all connect within --cluster_timeout.
+    """
+    import tensorflow as tf
+    if args.distribute == 'none':
+        return None
+    if args.distribute == 'mirrored':
+        # MirroredStrategy() takes the GPUs, or only the first CPU device when there are none;
+        # all CPU devices instead lets the tests split a batch over logical CPUs.
+        gpus = tf.config.list_logical_devices('GPU')
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in gpus or tf.config.list_logical_devices('CPU')])
+    # With TensorFlow's defaults a worker waits for the others for ever (and ignores SIGTERM
+    # meanwhile); a registration deadline with a barrier makes every worker give up alike.
+    # The strategy keeps a coordination service configured before it is created.
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+    context.context().configure_coordination_service(
+        service_type='standalone', service_leader='/job:worker/replica:0/task:0',
+        cluster_register_timeout_in_ms=int(args.cluster_timeout * 1000),
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name='worker',
+                                                                 num_tasks=len(workers))])
+    context.context().coordination_service.cluster_register_with_barrier = True
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except (tf.errors.OpError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise common.InputError(f'--distribute multiworker: not all workers of TF_CONFIG '
+                                f'({", ".join(workers)}) connected within --cluster_timeout '
+                                f'{args.cluster_timeout:g} s ({first})') from None
+
+
+def chief_value(strategy, value: int) -> int:
+    """The chief's `value` (its replica 0's), on every worker: e.g. a seed each one drew."""
+    import tensorflow as tf
+
+    def mine(value):
+        first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+        return tf.where(first, value, tf.zeros_like(value))
+    shares = strategy.run(mine, (tf.constant(value, tf.int64),))
+    return int(strategy.reduce(tf.distribute.ReduceOp.SUM, shares, axis=None).numpy())
+
+
+def gather_replicas(context, value):
+    """All replicas' `value` (b, ...), concatenated in replica order: (replicas * b, ...).
+
+    What ReplicaContext.all_gather does, as an all-reduce of a (replicas, b, ...) tensor that
+    is zero but for this replica's slot: all_gather of the step's embeddings fails while
+    tracing under MultiWorkerMirroredStrategy with one device per worker ("destinations can
+    not be empty": TensorFlow 2.21 gathers to the input tensor's device, unset in the graph).
+    The gradient is the same as all_gather's: the all-reduce (sum) of the replicas'
+    gradients, of which each keeps its own slot.
+    """
+    import tensorflow as tf
+    slot = tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync,
+                      dtype=value.dtype)  # (replicas,)
+    spread = slot[(slice(None),) + (None,) * value.shape.rank] * value[None]
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, spread)
+    return tf.reshape(total, tf.concat([[-1], tf.shape(value)[1:]], 0))
+
+
+def replica_gradients(model, optimizer, images, pids, loss_name: str, margin, metric: str):
+    """One replica's gradients of the loss, and what the log reports about the whole batch.
+
+    Runs in a replica context (or without a strategy). The replicas' gradients sum to the
+    gradient of the batch's mean loss (see make_train_step): the sum that Keras' optimizer
+    applies.
 
     Args:
-        model: from model.build_model; its `emb` endpoint is trained.
+        images: (b, H, W, 3) this replica's share of the batch; pids: (b,) its identities.
+        optimizer: its scale_loss scales the objective (float16: the dynamic loss scale).
+        loss_name, margin, metric: as for make_train_step.
+
+    Returns:
+        (grads, out): grads of model.trainable_variables; out with `loss` (), `losses` (B,),
+        `emb` (B, D), `dists` (B, B), `pids` (B,) and loss.batch_metrics of the whole batch.
+    """
+    import tensorflow as tf
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync
+    with tf.GradientTape() as tape:
+        own_emb = model(images, training=True)['emb']  # (b, D)
+        emb, all_pids = own_emb, pids
+        if replicas > 1:
+            emb = gather_replicas(context, own_emb)  # (B, D), replica by replica
+            all_pids = gather_replicas(context, pids)
+        dists = loss.cdist(emb, emb, metric)
+        losses = getattr(loss, loss_name)(dists, all_pids, margin)
+        total = objective = tf.reduce_mean(losses)
+        if replicas > 1:
+            own = tf.shape(own_emb)[0]
+            first = context.replica_id_in_sync_group * own
+            objective = tf.reduce_sum(losses[first:first + own]) / tf.cast(
+                tf.shape(losses)[0], losses.dtype)
+        if model.losses:  # weight decay, if a net or head asks for it
+            total += tf.add_n(model.losses)
+            objective += tf.add_n(model.losses) / replicas
+        scaled = optimizer.scale_loss(objective)  # float16: times the dynamic loss scale
+    grads = tape.gradient(scaled, model.trainable_variables)
+    return grads, {'loss': total, 'losses': losses, 'emb': emb, 'dists': dists,
+                   'pids': all_pids, **loss.batch_metrics(dists, all_pids, losses)}
+
+
+def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: bool = False,
+                    strategy=None, worker: int = 0):
+    """The compiled training step: one Adam update on a PK batch.
+
+    Under a strategy the batch is split over the replicas, each embeds its share, the
+    embeddings and identities of all replicas are gathered, and each replica takes the loss
+    of its own anchors against the whole batch. The gather's gradient sums the replicas'
+    gradients of the gathered embeddings, and the optimizer sums the replicas' weight
+    gradients: so each replica's objective is its anchors' share of the batch mean, and the
+    update equals that of one device on the whole batch.
+
+    Args:
+        model: from model.build_model (built in the strategy's scope); `emb` is trained.
         optimizer: a Keras optimizer, built on model.trainable_variables.
         loss_name: a name in loss.LOSSES. margin: a float, 'soft' or 'none'. metric: loss.METRICS.
         jit: compile with XLA.
+        strategy: a tf.distribute strategy from make_strategy, or None for one device.
+        worker: this process's index among the workers (multiworker): its images are the
+            worker'th of equal consecutive parts of the batch.
 
     Returns:
-        step(images (B, H, W, 3) float32 in [0, 255], pids (B,) int) -> dict with `loss` ()
-        (the optimised mean), `losses` (B,), `emb` (B, D), `dists` (B, B), `grads_finite` ()
-        bool and the entries of loss.batch_metrics.
+        step(images (b, H, W, 3) float32 in [0, 255], pids (b,) int, stop=False) -> dict with
+        `loss` () (the optimised mean), `losses` (B,), `emb` (B, D), `dists` (B, B),
+        `grads_finite` () bool, `stop` () bool (true if any worker's `stop` was) and the
+        entries of loss.batch_metrics, all of the whole batch (B = P*K); b = B / workers.
     """
     import keras
     import tensorflow as tf
-    loss_fn = getattr(loss, loss_name)
     loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-    @tf.function(jit_compile=jit)
-    def step(images, pids):
-        with tf.GradientTape() as tape:
-            emb = model(images, training=True)['emb']
-            dists = loss.cdist(emb, emb, metric)
-            losses = loss_fn(dists, pids, margin)
-            total = tf.reduce_mean(losses)
-            if model.losses:  # weight decay, if a net or head asks for it
-                total += tf.add_n(model.losses)
-            scaled = optimizer.scale_loss(total)  # float16: times the dynamic loss scale
-        grads = tape.gradient(scaled, model.trainable_variables)
-        grads_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    def replica_step(images, pids, stop):
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync
+        grads, out = replica_gradients(model, optimizer, images, pids, loss_name, margin,
+                                       metric)
+        nonfinite = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.int32))
+                              for g in grads])
+        if replicas > 1:  # every replica stops on any replica's NaN, or any worker's signal
+            flags = tf.stack([nonfinite, tf.cast(stop, tf.int32)])  # one tensor on the device
+            nonfinite, stop = tf.unstack(context.all_reduce(tf.distribute.ReduceOp.SUM, flags))
+        grads_finite = nonfinite == 0
         if loss_scaling:  # an overflow of the scaled loss: the optimizer skips the step and
             grads_finite |= optimizer.dynamic_scale > 1  # halves the scale; at 1, stop
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return {'loss': total, 'losses': losses, 'emb': emb, 'dists': dists,
-                'grads_finite': grads_finite,
-                **loss.batch_metrics(dists, pids, losses)}
+        return {**out, 'grads_finite': grads_finite, 'stop': tf.cast(stop, tf.bool)}
+
+    if strategy is None:
+        one_device = tf.function(replica_step, jit_compile=jit)
+        return lambda images, pids, stop=False: one_device(images, pids, tf.constant(stop))
+
+    local = len(strategy.extended.worker_devices)  # this worker's replicas
+    # A tf.function inside strategy.run fails under MultiWorkerMirroredStrategy ("destinations
+    # can not be empty"): only --jit needs one there, to compile each replica's step.
+    replica_fn = tf.function(replica_step, jit_compile=True) if jit else replica_step
+    run = tf.function(lambda images, pids, stop: strategy.run(replica_fn, (images, pids, stop)))
+
+    def step(images, pids, stop=False):
+        share = len(images) // local
+
+        def part(values):
+            def of_replica(context):
+                index = context.replica_id_in_sync_group - worker * local
+                return values[index * share:(index + 1) * share]
+            return strategy.experimental_distribute_values_from_function(of_replica)
+        out = run(part(images), part(pids), tf.constant(stop))
+        return {name: strategy.experimental_local_results(value)[0]
+                for name, value in out.items()}
     return step
 
 
@@ -281,25 +481,28 @@ def collapsed(losses: np.ndarray, margin) -> bool:
 
 
 
-def settings() -> tuple[argparse.Namespace, list[str]]:
+def settings() -> tuple[argparse.Namespace, list[str], bool]:
     """The run's settings: the command line's, or with --resume those of its args.json.
 
     Returns:
-        (args, notes): `notes` are warnings to log once the log file is open.
+        (args, notes, chief): `notes` are warnings to log once the log file is open; `chief`
+        is False for the workers of --distribute multiworker but the first, which write
+        nothing into the experiment root (and so do not check that it is empty).
     """
     args = parser.parse_args()
     experiment.check_unlocked(Path(args.experiment_root).expanduser())  # a live run: say so first
     notes = experiment.resume_args(args, sys.argv[1:], parser) if args.resume else []
     check_args(args)
-    if not args.resume:
+    chief = cluster_task(args)[1] == 0
+    if not args.resume and chief:
         root = Path(args.experiment_root).expanduser()
         if root.exists() and (not root.is_dir() or any(
                 p.name != experiment.LOCK_FILE for p in root.iterdir())):
             raise common.InputError(f'--experiment_root {root} is not empty; pass --resume to '
                                     'continue that run, or choose a new folder')
-        if args.seed is None:
-            args.seed = int(np.random.SeedSequence().entropy % 2**31)
-    return args, notes
+    if args.seed is None:  # multiworker: every worker takes the chief's (see main)
+        args.seed = int(np.random.SeedSequence().entropy % 2**31)
+    return args, notes, chief
 
 
 def load_training_data(args: argparse.Namespace):
@@ -341,11 +544,17 @@ def stop_requests(log) -> list:
     return stop
 
 
-def build_training(args: argparse.Namespace, root: Path, log):
+def build_training(args: argparse.Namespace, root: Path, log, strategy=None,
+                   saves_to: Path | None = None):
     """The model, Adam, and the checkpoint manager, restored (--resume) or initialised.
 
     A fresh run (or a resumed one without a checkpoint) loads --initial_checkpoint, if given,
     and saves the initialisation as checkpoint-0.
+
+    Args:
+        strategy: from make_strategy; the variables are created in its scope.
+        saves_to: where checkpoints are saved, if not in `root` (the workers but the chief
+            must save too, into a folder of their own); restored from `root` all the same.
 
     Returns:
         (model, optimizer, step, manager): `step` the tf.Variable of iterations done.
@@ -355,24 +564,29 @@ def build_training(args: argparse.Namespace, root: Path, log):
     if args.deterministic:  # before any op runs; kernels without a deterministic version fail
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(args.seed)  # the initialisation; batches are seeded apart
-    model = build_model(args.model_name, args.head_name, args.embedding_dim,
-                        args.mixed_precision)
-    # TF1's Adam (which the 2017 code used) has epsilon 1e-8; Keras' default is 1e-7.
-    optimizer = keras.optimizers.Adam(learning_rate=args.learning_rate, epsilon=1e-8)
-    if args.mixed_precision == 'float16':  # small gradients underflow float16 unless scaled
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)  # so that its slots are in every checkpoint
-    if args.mixed_precision != 'none':
-        log.info('mixed precision: layers compute in %s%s; variables, embeddings, distances and '
-                 'the loss are float32', args.mixed_precision,
-                 ' with dynamic loss scaling' * (args.mixed_precision == 'float16'))
-    removed = experiment.remove_partial_checkpoints(root)
-    if removed:
-        log.warning('removed %s: the partial checkpoint of a run killed while saving',
-                    ', '.join(removed))
-    step, manager = experiment.training_checkpoint(root, model, optimizer, args.keep_checkpoints)
-    latest = (experiment.restore_training(manager, f'{args.model_name} + {args.head_name}')
-              if args.resume else None)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_model(args.model_name, args.head_name, args.embedding_dim,
+                            args.mixed_precision)
+        for layer in model.layers:
+            if hasattr(layer, 'synchronized'):  # layers.BatchNorm
+                layer.synchronized = args.sync_batch_norm
+        # TF1's Adam (which the 2017 code used) has epsilon 1e-8; Keras' default is 1e-7.
+        optimizer = keras.optimizers.Adam(learning_rate=args.learning_rate, epsilon=1e-8)
+        if args.mixed_precision == 'float16':  # small gradients underflow float16 unless scaled
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)  # so that its slots are in every checkpoint
+        if args.mixed_precision != 'none':
+            log.info('mixed precision: layers compute in %s%s; variables, embeddings, distances '
+                     'and the loss are float32', args.mixed_precision,
+                     ' with dynamic loss scaling' * (args.mixed_precision == 'float16'))
+        removed = experiment.remove_partial_checkpoints(saves_to or root)
+        if removed:
+            log.warning('removed %s: the partial checkpoint of a run killed while saving',
+                        ', '.join(removed))
+        step, manager = experiment.training_checkpoint(saves_to or root, model, optimizer,
+                                                       args.keep_checkpoints)
+    latest = (experiment.restore_training(manager, f'{args.model_name} + {args.head_name}',
+                                          root if saves_to else None) if args.resume else None)
     if latest:
         log.info('resuming from %s: iteration %d on', latest, int(step.numpy()) + 1)
     else:
@@ -387,13 +601,16 @@ def build_training(args: argparse.Namespace, root: Path, log):
 class Reporter:
     """Everything reported per iteration: the log line, TensorBoard, detailed logs, collapse."""
 
-    def __init__(self, root: Path, args: argparse.Namespace, fids: np.ndarray, start: int, log):
+    def __init__(self, root: Path | None, args: argparse.Namespace, fids: np.ndarray, start: int,
+                 log):
+        """root: where TensorBoard and the detailed logs go; None: only the log line."""
         import tensorflow as tf
         self.args, self.log = args, log
         self.batch = args.batch_p * args.batch_k
-        self.writer = tf.summary.create_file_writer(str(root))
+        self.writer = (tf.summary.create_file_writer(str(root)) if root
+                       else tf.summary.create_noop_writer())
         self.detailed = None
-        if args.detailed_logs:
+        if args.detailed_logs and root:
             fid_bytes = max(len(fid.encode()) for fid in fids)
             self.detailed = open_detailed_logs(root, args.train_iterations, self.batch,
                                                args.embedding_dim, fid_bytes, fresh=start == 0)
@@ -455,11 +672,11 @@ class Reporter:
                 array.flush()
 
 
-def finite(out: dict, iteration: int, batch_fids: np.ndarray, root: Path, latest: str,
+def finite(out: dict, iteration: int, batch_fids: np.ndarray, root: Path | None, latest: str,
            log) -> bool:
     """True if a train step's losses, distances and gradients are finite; else writes the
-    batch's file names to `nonfinite_batch_<iteration>.txt` in `root` and logs one line why
-    training stops.
+    batch's file names to `nonfinite_batch_<iteration>.txt` in `root` (unless None) and logs
+    one line why training stops.
 
     Distances overflow before the loss does (inf - inf makes the loss NaN only later).
     """
@@ -470,9 +687,10 @@ def finite(out: dict, iteration: int, batch_fids: np.ndarray, root: Path, latest
         ('the gradients', bool(out['grads_finite'].numpy()))) if not ok]
     if not culprits:
         return True
-    batch_file = root / f'nonfinite_batch_{iteration + 1}.txt'
-    with common.atomic_write(batch_file) as tmp:
-        tmp.write_text(''.join(f'{fid}\n' for fid in batch_fids), encoding='utf-8')
+    batch_file = root / f'nonfinite_batch_{iteration + 1}.txt' if root else 'the chief\'s root'
+    if root:
+        with common.atomic_write(batch_file) as tmp:
+            tmp.write_text(''.join(f'{fid}\n' for fid in batch_fids), encoding='utf-8')
     log.error('%s not finite at iteration %d (loss mean %s); stopping without saving, the '
               'latest checkpoint is %s; the batch is listed in %s. Try a lower --learning_rate.',
               ' and '.join(culprits), iteration + 1, losses.mean(), latest, batch_file)
@@ -509,65 +727,101 @@ def save(manager, report: Reporter | None, done: int, log) -> int:
 # ----------------------------------------------------------------------------- main
 def main():
     # Settings: fresh runs store them, --resume reads them back.
-    args, notes = settings()
+    args, notes, chief = settings()
     root = Path(args.experiment_root).expanduser()
+
+    # Devices: the strategy comes before any other TensorFlow op (it may connect to others).
+    workers, worker = cluster_task(args)
+    strategy = make_strategy(args, workers)
+    if strategy is not None:
+        replicas = strategy.num_replicas_in_sync
+        batch = args.batch_p * args.batch_k
+        if batch % replicas:
+            fits = [p for p in range(2, 4 * args.batch_p) if p * args.batch_k % replicas == 0]
+            raise common.InputError(f'--batch_p {args.batch_p} x --batch_k {args.batch_k} = '
+                                    f'{batch} images cannot be split evenly over {replicas} '
+                                    f'replicas; with this --batch_k, --batch_p can be '
+                                    f'{", ".join(map(str, fits[:5]))}, ...')
+        if workers:
+            args.seed = chief_value(strategy, args.seed)
 
     # Data: every problem is found before anything is written or trained.
     data = load_training_data(args)
+    if not chief:  # writes nothing into the root: its checkpoints go to a folder of its own
+        with tempfile.TemporaryDirectory(prefix='train-worker-') as saves_to:
+            return train(args, root, data, notes, strategy, Path(saves_to))
 
     # One run per experiment root: a second one refuses, naming the first's PID.
     root.mkdir(parents=True, exist_ok=True)
     with experiment.locked(root) as took_over:
-        return train(args, root, data, notes + ([took_over] if took_over else []))
+        return train(args, root, data, notes + ([took_over] if took_over else []), strategy)
 
 
-def train(args: argparse.Namespace, root: Path, data: tuple, notes: list[str]) -> int:
-    """Trains in the locked `root` on `data` from load_training_data; returns the exit code."""
+def train(args: argparse.Namespace, root: Path, data: tuple, notes: list[str], strategy=None,
+          saves_to: Path | None = None) -> int:
+    """Trains on `data` from load_training_data; returns the exit code.
+
+    Args:
+        root: the experiment root, locked by this process unless `saves_to` is given.
+        strategy: from make_strategy, or None for one device.
+        saves_to: for a multiworker process other than the chief: where its checkpoints go;
+            it writes nothing into `root` then (no args.json, log file or TensorBoard).
+    """
     fids, paths, labels, checked = data
-    if not args.resume:
+    chief = saves_to is None
+    workers, worker = cluster_task(args)
+    if not args.resume and chief:
         experiment.write_args(root, args)
-    log = common.setup_logging(root / 'train.log')
+    log = common.setup_logging(root / 'train.log' if chief else None)
     log.info('%s training in %s with %s', 'resuming' if args.resume else 'starting', root,
              ', '.join(f'{k}={v}' for k, v in sorted(vars(args).items())))
     for note in notes:
         log.warning(note)
     log.info('%d images of %d identities, all decodable (checked in %.1f s)', len(fids),
              labels.max() + 1, checked)
+    if strategy is not None:
+        log.info('--distribute %s: %d replicas (%s)%s', args.distribute,
+                 strategy.num_replicas_in_sync, ', '.join(strategy.extended.worker_devices),
+                 f', worker {worker} of {len(workers)}' if workers else '')
     stop = stop_requests(log)
 
     # Model, optimizer, checkpoints, input pipeline.
-    model, optimizer, step, manager = build_training(args, root, log)
+    model, optimizer, step, manager = build_training(args, root, log, strategy, saves_to)
     start = saved = int(step.numpy())
-    dataset = make_dataset(paths, labels, args, start)
+    dataset = make_dataset(paths, labels, args, start, worker, max(1, len(workers)))
     beta1_switch = args.beta1_after_decay is not None and args.decay_start_iteration >= 0
     adam = getattr(optimizer, 'inner_optimizer', optimizer)  # float16: inside the loss scaler
     if beta1_switch and start >= args.decay_start_iteration:
         adam.beta_1 = args.beta1_after_decay
-    train_step = make_train_step(model, optimizer, args.loss, args.margin, args.metric, args.jit)
+    train_step = make_train_step(model, optimizer, args.loss, args.margin, args.metric, args.jit,
+                                 strategy, worker)
     if start >= args.train_iterations:
         log.info('the run is already complete (%d iterations)', start)
 
     # Training loop.
-    report = Reporter(root, args, fids, start, log)
+    report = Reporter(root if chief else None, args, fids, start, log)
     for iteration, (images, batch_labels, rows) in zip(
             range(start, args.train_iterations), dataset, strict=False):
-        if stop:
-            break
+        if stop and strategy is None:
+            break  # under a strategy, all replicas stop together after the step (see below)
         if beta1_switch and iteration == args.decay_start_iteration:
             adam.beta_1 = args.beta1_after_decay  # read when tracing: trace again
             train_step = make_train_step(model, optimizer, args.loss, args.margin, args.metric,
-                                         args.jit)
+                                         args.jit, strategy, worker)
             log.info("Adam's beta1 is now %g", args.beta1_after_decay)
         lr = learning_rate(iteration, args.learning_rate, args.decay_start_iteration,
                            args.train_iterations)
         optimizer.learning_rate = lr
-        out = train_step(images, batch_labels)
-        if not finite(out, iteration, fids[rows.numpy()], root, manager.latest_checkpoint, log):
+        out = train_step(images, batch_labels, bool(stop))
+        if not finite(out, iteration, fids[rows.numpy()], root if chief else None,
+                      manager.latest_checkpoint, log):
             return 1
         step.assign(iteration + 1)
         report(iteration, out, lr, rows)
         if args.checkpoint_frequency and (iteration + 1) % args.checkpoint_frequency == 0:
             saved = save(manager, report, iteration + 1, log)
+        if strategy is not None and out['stop']:
+            break  # some worker was asked to stop: all stop after this same iteration
 
     # Final (or interrupted) save.
     done = int(step.numpy())

@@ -245,7 +245,7 @@ def test_mixed_precision_is_recorded_and_checkpoints_stay_float32(runs, demo):
         resumed = precision == 'float16'
         # Once when the run started, and once more when --resume restored it from args.json.
         assert log.count(f'mixed precision: layers compute in {precision}') == 1 + resumed, log
-        assert (f'restored {root}/checkpoint-{STOP_AT}' in log) == resumed
+        assert (f'resuming from {root}/checkpoint-{STOP_AT}:' in log) == resumed
         assert f'iter {ITERATIONS}/{ITERATIONS}' in log
         checkpoint = tf.train.load_checkpoint(str(root / f'checkpoint-{ITERATIONS}'))
         dtypes = {name: dtype for name, dtype in checkpoint.get_variable_to_dtype_map().items()
