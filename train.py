@@ -342,7 +342,7 @@ def gather_replicas(context, value):
     return tf.reshape(total, tf.concat([[-1], tf.shape(value)[1:]], 0))
 
 
-def replica_gradients(model, optimizer, images, pids, loss_name: str, margin, metric: str):
+def replica_gradients(model, images, pids, loss_name: str, margin, metric: str, optimizer=None):
     """One replica's gradients of the loss, and what the log reports about the whole batch.
 
     Runs in a replica context (or without a strategy). The replicas' gradients sum to the
@@ -351,8 +351,8 @@ def replica_gradients(model, optimizer, images, pids, loss_name: str, margin, me
 
     Args:
         images: (b, H, W, 3) this replica's share of the batch; pids: (b,) its identities.
-        optimizer: its scale_loss scales the objective (float16: the dynamic loss scale).
         loss_name, margin, metric: as for make_train_step.
+        optimizer: its scale_loss scales the objective (float16: the dynamic loss scale).
 
     Returns:
         (grads, out): grads of model.trainable_variables; out with `loss` (), `losses` (B,),
@@ -378,7 +378,7 @@ def replica_gradients(model, optimizer, images, pids, loss_name: str, margin, me
         if model.losses:  # weight decay, if a net or head asks for it
             total += tf.add_n(model.losses)
             objective += tf.add_n(model.losses) / replicas
-        scaled = optimizer.scale_loss(objective)  # float16: times the dynamic loss scale
+        scaled = optimizer.scale_loss(objective) if optimizer else objective  # float16
     grads = tape.gradient(scaled, model.trainable_variables)
     return grads, {'loss': total, 'losses': losses, 'emb': emb, 'dists': dists,
                    'pids': all_pids, **loss.batch_metrics(dists, all_pids, losses)}
@@ -417,8 +417,8 @@ def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: 
     def replica_step(images, pids, stop):
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
-        grads, out = replica_gradients(model, optimizer, images, pids, loss_name, margin,
-                                       metric)
+        grads, out = replica_gradients(model, images, pids, loss_name, margin, metric,
+                                       optimizer)
         nonfinite = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.int32))
                               for g in grads])
         if replicas > 1:  # every replica stops on any replica's NaN, or any worker's signal

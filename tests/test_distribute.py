@@ -254,7 +254,7 @@ def test_checkpoints_move_between_strategies_and_one_device(two_devices, csv, tm
     single = runs / 'single'
     log = (single / 'train.log').read_text()
     assert '--distribute mirrored: 2 replicas' in log
-    assert re.search(r'restored .*checkpoint-2 \(iteration 2\)', log)
+    assert re.search(r'resuming from .*checkpoint-2: iteration 3 on', log)
     assert experiment.step_of(experiment.checkpoints_in(single)[-1]) == 4
 
 
