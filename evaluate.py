@@ -170,31 +170,42 @@ def evaluate(query_pids: np.ndarray, query_fids: np.ndarray, query_embs: np.ndar
     """
     finish = None
     if distances is None and metric == 'euclidean':
-        # Ranks only need squared distances; the square root is taken of the few entries that
-        # can be ahead of a match. Over the whole (Q, G) matrix it would cost a fifth of the time.
-        distances, finish = plain_distances(query_embs, gallery_embs, 'sqeuclidean'), _root
+        # Ranks only need squared distances; clamping and the square root are left to the few
+        # entries that can be ahead of a match. Over the whole (Q, G) matrix they would cost a
+        # fifth of the time.
+        to_gallery = loss.cdist_to(gallery_embs, 'sqeuclidean', clamp=False)
+        distances, finish = (lambda batch: to_gallery(query_embs[batch])), _root
     distances = distances or plain_distances(query_embs, gallery_embs, metric)
     batch_size = max(1, min(batch_size, BATCH_ENTRIES // max(1, len(gallery_pids))))
     codes = {pid: code for code, pid in enumerate(np.unique(np.r_[query_pids, gallery_pids]))}
     query_codes = np.array([codes[pid] for pid in query_pids])
     gallery_codes = np.array([codes[pid] for pid in gallery_pids])
 
-    def score_batch(start: int) -> list[tuple[int, float, int, float]]:
-        """(query, AP, first rank, INP) of each query of the batch that has a match."""
+    def batch_of(start: int) -> tuple:
+        """A batch's distances (B, G), valid entries and matches (B, G) bool."""
         batch = slice(start, start + batch_size)
-        dists = distances(batch)  # (B, G)
         valid = ~excluder(query_fids[batch])
         matches = valid & (query_codes[batch, None] == gallery_codes[None, :])
+        return start, distances(batch), valid, matches
+
+    def score_batch(start, dists, valid, matches) -> list[tuple[int, float, int, float]]:
+        """(query, AP, first rank, INP) of each query of the batch that has a match."""
         return [(start + row, *score_row(dists[row], valid[row], matches[row], market_ap, finish))
                 for row in np.flatnonzero(matches.any(axis=1))]
 
-    # Two threads: one can sit in the BLAS product while the other counts in Python. Each
-    # product gets half the cores: OpenBLAS threads spin while they wait, and on 2 cores that
-    # spinning took a quarter of the time.
-    blas_threads = max(1, len(os.sched_getaffinity(0)) // 2)
-    with threadpool_limits(blas_threads, user_api='blas'), ThreadPoolExecutor(2) as pool:
-        results = [r for batch in pool.map(score_batch, range(0, len(query_pids), batch_size))
-                   for r in batch]
+    # A second thread computes the next batch (the BLAS product, which releases the GIL) while
+    # this one scores the current batch (Python, which holds it): two batches in memory. The
+    # product gets the other cores; on 2 cores, BLAS threads that spin while they wait for work
+    # would take the scoring thread's core.
+    starts = list(range(0, len(query_pids), batch_size))
+    results = []
+    blas_threads = max(1, len(os.sched_getaffinity(0)) - 1)
+    with threadpool_limits(blas_threads, user_api='blas'), ThreadPoolExecutor(1) as pool:
+        coming = pool.submit(batch_of, starts[0]) if starts else None
+        for following in starts[1:] + [None]:
+            current = coming.result()
+            coming = pool.submit(batch_of, following) if following is not None else None
+            results += score_batch(*current)
     aps = np.full(len(query_pids), np.nan)
     if results:
         rows, batch_aps, first_ranks, inps = map(np.array, zip(*results, strict=True))
@@ -252,8 +263,8 @@ def score_row(dists: np.ndarray, valid: np.ndarray, matches: np.ndarray, market_
 
 
 def _root(squared: np.ndarray) -> np.ndarray:
-    """Euclidean distances from squared ones, exactly as loss.cdist_to computes them."""
-    return np.sqrt(squared + 1e-12)
+    """Euclidean distances from unclamped squared ones, exactly as loss.cdist_to computes them."""
+    return np.sqrt(np.maximum(squared, 0.0) + 1e-12)
 
 
 def plain_distances(query_embs: np.ndarray, gallery_embs: np.ndarray,

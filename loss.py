@@ -35,11 +35,14 @@ def _cdist_numpy(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     return cdist_to(b, metric)(a)
 
 
-def cdist_to(b: np.ndarray, metric: str = 'euclidean'):
+def cdist_to(b: np.ndarray, metric: str = 'euclidean', clamp: bool = True):
     """The NumPy `cdist(., b, metric)` as a function of `a`, with b's part prepared once.
 
     Evaluation calls it for many query batches against one large gallery: preparing the
     gallery's (N, D + 2) float64 matrix once saves a pass over it per batch.
+
+    clamp: False leaves squared distances that rounding made slightly negative as they are,
+    for a caller that clamps the few entries it uses (`sqeuclidean` only).
     """
     b = np.asarray(b, np.float64)
     if metric == 'cityblock':
@@ -59,6 +62,8 @@ def cdist_to(b: np.ndarray, metric: str = 'euclidean'):
     def distances(a):
         a = np.asarray(a, np.float64)
         squared = np.hstack([-2.0 * a, (a * a).sum(1, keepdims=True), np.ones((len(a), 1))]) @ right
+        if metric == 'sqeuclidean' and not clamp:
+            return squared
         np.maximum(squared, 0.0, out=squared)  # rounding can make identical rows slightly negative
         if metric == 'sqeuclidean':
             return squared

@@ -20,6 +20,7 @@ class CameraExcluder:
         self.pattern, self.dataset, self.example = re.compile(pattern), dataset, example
         self.gallery_pids, self.gallery_cams = self.parse(gallery_fids)
         self.junk = self.gallery_pids == -1
+        self.gallery_views = self.view(self.gallery_pids, self.gallery_cams)
 
     def parse(self, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Identity and camera of every fid: two int arrays (N,)."""
@@ -32,9 +33,12 @@ class CameraExcluder:
             pids[i], cams[i] = int(match.group(1)), int(match.group(2))
         return pids, cams
 
+    @staticmethod
+    def view(pids: np.ndarray, cams: np.ndarray) -> np.ndarray:
+        """One number per (identity, camera) pair: one comparison of (Q, G) instead of three."""
+        return pids * 2**20 + cams  # camera numbers are far below 2^20
+
     def __call__(self, query_fids: np.ndarray) -> np.ndarray:
         """The (Q, G) mask of gallery entries to ignore for each query."""
-        pids, cams = self.parse(query_fids)
-        same_view = ((pids[:, None] == self.gallery_pids[None, :])
-                     & (cams[:, None] == self.gallery_cams[None, :]))
-        return same_view | self.junk[None, :]
+        views = self.view(*self.parse(query_fids))
+        return (views[:, None] == self.gallery_views[None, :]) | self.junk[None, :]
