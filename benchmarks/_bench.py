@@ -1,8 +1,9 @@
 """What the benchmarks share: the machine a figure came from, printed beside every figure
 (speeds differ by ~3.5x between the CPUs of one machine kind, AVX-512 or only AVX2, so a figure
-without its CPU says little), and the model flags."""
+without its CPU says little), the model flags, and JPEG files to read."""
 import os
 import platform
+from pathlib import Path
 
 
 def describe() -> str:
@@ -39,3 +40,17 @@ def add_model_flags(parser, batch_size: int) -> None:
     parser.add_argument('--width', type=common.positive_int, default=128,
                         help='Net input width in pixels.')
     parser.add_argument('--batch_size', type=common.positive_int, default=batch_size)
+
+
+def write_jpegs(folder: Path, count: int, height: int, width: int) -> list[str]:
+    """`count` JPEG files of height x width and smooth random content (which compresses like
+    photos, unlike noise) at quality 90, in `folder`; returns their paths."""
+    import cv2
+    import numpy as np
+    rng, paths = np.random.default_rng(0), []
+    for i in range(count):
+        small = rng.integers(0, 256, (16, 8, 3), dtype=np.uint8)
+        paths.append(str(folder / f'{i:05d}.jpg'))
+        cv2.imwrite(paths[-1], cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths

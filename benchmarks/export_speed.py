@@ -28,7 +28,7 @@ import common  # noqa: E402
 import embed  # noqa: E402
 import export  # noqa: E402
 from model import build_model  # noqa: E402
-from _bench import add_model_flags, describe  # noqa: E402
+from _bench import add_model_flags, describe, write_jpegs  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
 add_model_flags(parser, batch_size=32)
@@ -50,18 +50,6 @@ def write_experiment(root: Path, model, args) -> None:
         'net_input_width': args.width}))
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(root), None,
                                checkpoint_name='checkpoint').save(0)
-
-
-def write_jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[str]:
-    import cv2
-    rng, paths = np.random.default_rng(0), []
-    for i in range(count):
-        # Smooth content compresses like photos do, unlike uniform noise.
-        small = rng.integers(0, 256, (16, 8, 3), dtype=np.uint8)
-        paths.append(str(folder / f'{i:05d}.jpg'))
-        cv2.imwrite(paths[-1], cv2.resize(small, size[::-1], interpolation=cv2.INTER_CUBIC),
-                    [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return paths
 
 
 def relative(got, want) -> float:
@@ -91,7 +79,7 @@ def main():
         export.main(['--experiment_root', str(tmp / 'experiment'), '--output',
                      str(tmp / 'export'), '--quiet'])
         saved, session = load_exports(tmp / 'export')
-        paths = write_jpegs(tmp, args.batch_size, (args.jpeg_height, args.jpeg_width))
+        paths = write_jpegs(tmp, args.batch_size, args.jpeg_height, args.jpeg_width)
         jpegs = tf.constant([Path(path).read_bytes() for path in paths])
         # embed.py's embeddings of the files and its resized batch, as the other paths see it.
         want_files = embed.compute_embeddings(model, paths, size, size, False, None,

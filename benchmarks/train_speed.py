@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402  (needs the path above)
 from model import PRECISIONS, build_model, plugin_names  # noqa: E402
-from _bench import describe  # noqa: E402
+from _bench import describe, write_jpegs  # noqa: E402
 import train  # noqa: E402
 
 # Training throughputs to size the input pipeline for: fast-reid's reported ~258 images/s on one
@@ -146,20 +146,6 @@ def time_steps(args) -> None:
     print(f'ratio {label}: {ratio:.2f} '
           f'(P={args.batch_p} K={args.batch_k}, {args.height}x{args.width}, batch_hard soft, '
           f'Adam{", XLA" if args.jit else ""})  [{machine}]')
-
-
-def write_jpegs(folder: Path, count: int, height: int, width: int) -> list[str]:
-    """`count` JPEG files of smooth random content (which compresses like photos, unlike
-    noise) at quality 90; returns their paths."""
-    import cv2
-    import numpy as np
-    rng, paths = np.random.default_rng(0), []
-    for i in range(count):
-        small = rng.integers(0, 256, (16, 8, 3), dtype=np.uint8)
-        paths.append(str(folder / f'{i:05d}.jpg'))
-        cv2.imwrite(paths[-1], cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC),
-                    [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return paths
 
 
 def time_input(args) -> None:
