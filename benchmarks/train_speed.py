@@ -96,6 +96,7 @@ def time_steps(args) -> None:
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(0, 255, (batch, args.height, args.width, 3)), tf.float32)
     pids = tf.constant(np.repeat(np.arange(args.batch_p), args.batch_k), tf.int32)
+    switch = {}  # a function to call before each step of a model, if it needs one
     if args.determinism:
         from tensorflow.python.framework import config
         models = {'ours, op determinism on': build_model('resnet_v1_50', 'fc1024', 128),
@@ -112,7 +113,6 @@ def time_steps(args) -> None:
                       'resnet_v1_50', 'fc1024', 128),
                   'plain Keras 3 (applications.ResNet50)': plain_keras_model(args.height,
                                                                              args.width)}
-    switch = switch if args.determinism else {name: lambda: None for name in models}
     steps = {}
     for index, (name, model) in enumerate(models.items()):
         optimizer = keras.optimizers.Adam(learning_rate=3e-4, epsilon=1e-8)
@@ -123,11 +123,11 @@ def time_steps(args) -> None:
                                             jit=args.jit)
     times = {name: [] for name in steps}
     for name, step in steps.items():
-        switch[name]()
+        switch.get(name, lambda: None)()
         step(images, pids)['loss'].numpy()  # warm-up: tracing and first allocations
     for _ in range(args.steps):
         for name, step in steps.items():
-            switch[name]()
+            switch.get(name, lambda: None)()
             start = time.perf_counter()
             step(images, pids)['loss'].numpy()
             times[name].append(time.perf_counter() - start)

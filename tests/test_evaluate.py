@@ -118,6 +118,14 @@ def test_queries_without_match_are_left_out():
     assert result['CMC'][-1] == pytest.approx(1.0)  # the CMC counts only the matched query
 
 
+def test_no_queries_give_an_empty_result():
+    gallery_fids = np.array(['0001_c1s1_000001_00.jpg', '0002_c2s1_000002_00.jpg'])
+    result = evaluate.evaluate(np.array([], str), np.array([], str), np.zeros((0, 4)),
+                               np.array(['0001', '0002']), gallery_fids, np.ones((2, 4)),
+                               market1501.Excluder(gallery_fids))
+    assert result['aps'] == [] and result['mAP'] == 0.0 and result['CMC'] == [0.0, 0.0]
+
+
 @pytest.mark.parametrize('name, module', [('market1501', market1501), ('dukeMTMC', duke)])
 def test_real_split_lists(name, module):
     """The official query/test lists, with embeddings of our own making, fast == loop."""
