@@ -26,16 +26,19 @@ class BatchNorm(keras.layers.Layer):
     Inputs (B, H, W, C) or (B, C); the output has the input's shape and the layer's compute
     dtype (float32, or bfloat16 / float16 under a mixed-precision policy). The weights are
     float32 whatever the policy, named gamma, beta, moving_mean, moving_variance as in slim's
-    checkpoints.
+    checkpoints. `center=False` freezes the shift beta at 0 (BNNeck's batch norm): beta is
+    still a weight, so that the fused kernel gets its offset and checkpoints keep their names,
+    but not a trainable one.
     """
 
     def __init__(self, decay: float = 0.997, epsilon: float = 1e-5, scale: bool = True,
-                 synchronized: bool = False, **kwargs):
+                 synchronized: bool = False, center: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.decay = decay
         self.epsilon = epsilon
         self.scale = scale
         self.synchronized = synchronized
+        self.center = center
         # cuDNN refuses epsilon < 1e-5 and 1e-5 in float32 is just below it; TensorFlow's
         # own wrappers (and so slim) used the same floor. The change is invisible.
         self._kernel_epsilon = max(epsilon, 1.001e-5)
@@ -47,7 +50,7 @@ class BatchNorm(keras.layers.Layer):
         weight = functools.partial(self.add_weight, shape=(channels,), autocast=False)
         if self.scale:
             self.gamma = weight(initializer='ones', name='gamma')
-        self.beta = weight(initializer='zeros', name='beta')
+        self.beta = weight(initializer='zeros', trainable=self.center, name='beta')
         # Replicas update the moving averages with the mean of their values (the same values
         # when synchronized); a mirrored variable refuses updates without an aggregation.
         self.moving_mean = weight(initializer='zeros', trainable=False, name='moving_mean',
@@ -114,4 +117,64 @@ class BatchNorm(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), 'decay': self.decay, 'epsilon': self.epsilon,
-                'scale': self.scale, 'synchronized': self.synchronized}
+                'scale': self.scale, 'synchronized': self.synchronized, 'center': self.center}
+
+
+# ----------------------------------------------------------------------------- global pooling
+POOLINGS = ('avg', 'max', 'gem')
+GEM_EPSILON = 1e-6  # the floor GeM's published code clamps to: x**p needs x > 0 for p's gradient
+
+
+class GeMPooling(keras.layers.Layer):
+    """Generalised-mean pooling (Radenovic, Tolias and Chum, TPAMI 2018), a learnable p.
+
+    y_c = (mean over h, w of max(x_hwc, eps)^p)^(1/p): p = 1 is average pooling, p -> inf max
+    pooling. p is one scalar for all channels, starting at 3 as in the paper, trained with the
+    net (the weight `p`). It computes in float32 under any mixed-precision policy: x^p of
+    bfloat16 values loses most of its digits for p near 3.
+
+    Input (B, H, W, C), output (B, C) float32.
+    """
+
+    def __init__(self, p: float = 3.0, epsilon: float = GEM_EPSILON, **kwargs):
+        super().__init__(**{'dtype': 'float32', **kwargs})
+        self.initial_p = p
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.p = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.initial_p),
+                                 name='p')
+
+    def call(self, inputs):
+        x = tf.maximum(tf.cast(inputs, tf.float32), self.epsilon)
+        p = tf.convert_to_tensor(self.p)
+        return tf.pow(tf.reduce_mean(tf.pow(x, p), axis=[1, 2]), 1.0 / p)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), 'p': self.initial_p, 'epsilon': self.epsilon}
+
+
+def global_pool(x, pooling: str, name: str):
+    """The nets' global pooling of a feature map (B, H, W, C) -> (B, C), by --pooling.
+
+    Args:
+        x: Keras tensor (B, H, W, C).
+        pooling: `avg` (the 2017 nets), `max` or `gem` (GeMPooling).
+        name: the layer's name for `avg` and `max`. GeM's layer is named `gem_pool` whatever
+            the net: its weight `p` is not in slim's checkpoints, and a layer in the net's
+            scope that a checkpoint lacks would make model.load_tf1_checkpoint refuse it as
+            another architecture.
+
+    Raises:
+        ValueError: an unknown pooling.
+    """
+    if pooling == 'avg':
+        return keras.layers.GlobalAveragePooling2D(name=name)(x)
+    if pooling == 'max':
+        return keras.layers.GlobalMaxPooling2D(name=name)(x)
+    if pooling == 'gem':
+        return GeMPooling(name='gem_pool')(x)
+    raise ValueError(f'unknown pooling {pooling!r}; choose from {", ".join(POOLINGS)}')

@@ -3,6 +3,7 @@
 Keras and TensorFlow are imported inside the functions that need them, so that evaluate.py
 can list its excluders without paying TensorFlow's ~3.5 s import.
 """
+import inspect
 import logging
 import os
 from importlib import import_module
@@ -14,6 +15,13 @@ ROOT = Path(__file__).resolve().parent
 # --mixed_precision: `none` computes in float32; the others are Keras' mixed policies
 # (`mixed_bfloat16`, `mixed_float16`): float32 variables, layers computing in the half type.
 PRECISIONS = ('none', 'bfloat16', 'float16')
+# The nets' options (nets/__init__.py): each flag's choices, and the value that builds the 2017
+# net, which every net takes whether it has the option or not.
+NET_OPTIONS = {'last_stride': ('--last_stride', (2, 1)),
+               'pooling': ('--pooling', ('avg', 'max', 'gem')),
+               'layout': ('--resnet_layout', ('slim', 'keras'))}
+# Endpoints only training needs: the inference model (exports, embedding) leaves them out.
+TRAINING_ENDPOINTS = ('logits', 'train_emb')
 
 
 # ----------------------------------------------------------------------------- plug-ins
@@ -97,8 +105,40 @@ def check_precision(mixed_precision: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- model
+def takes(module, option: str) -> bool:
+    """True if a plug-in's `endpoints` has the keyword argument `option`."""
+    return option in inspect.signature(module.endpoints).parameters
+
+
+def net_arguments(net, model_name: str, options: dict) -> dict:
+    """The keyword arguments of nets/<model_name>.py for `options` (NET_OPTIONS keys).
+
+    Raises:
+        InputError: an unknown option or value, or a value other than the 2017 default for an
+            option the net does not have (both named with their flag).
+    """
+    arguments = {}
+    for option, value in options.items():
+        if option not in NET_OPTIONS:
+            raise InputError(f'unknown net option {option!r}; known: {", ".join(NET_OPTIONS)}')
+        flag, choices = NET_OPTIONS[option]
+        if value not in choices:
+            raise InputError(f'{flag} {value!r}: choose from {", ".join(map(str, choices))}')
+        if takes(net, option):
+            arguments[option] = value
+        elif value != choices[0]:
+            raise InputError(f'{flag} {value}: nets/{model_name}.py has no such option')
+    return arguments
+
+
+def has_classifier(head_name: str) -> bool:
+    """True if heads/<head_name>.py builds an identity classifier (its endpoints take
+    `num_classes`), which the ID loss needs."""
+    return takes(import_plugin('heads', head_name), 'num_classes')
+
+
 def build_model(model_name: str, head_name: str, embedding_dim: int,
-                mixed_precision: str = 'none'):
+                mixed_precision: str = 'none', num_classes: int | None = None, **net_options):
     """The embedding model: nets/<model_name>.py followed by heads/<head_name>.py.
 
     The model takes float32 RGB images (B, H, W, 3) with values in [0, 255], any H and W
@@ -111,10 +151,15 @@ def build_model(model_name: str, head_name: str, embedding_dim: int,
         mixed_precision: one of PRECISIONS. The net and head are built under that Keras
             dtype policy, which is then set back: the variables are float32 in every case (so
             checkpoints do not depend on it), and the head's last layers compute in float32.
+        num_classes: the training identities, for a head with a classifier (has_classifier):
+            it adds `logits` (B, num_classes). None: no classifier.
+        **net_options: NET_OPTIONS (last_stride, pooling, layout), passed to nets that take
+            them; the 2017 values are accepted by every net.
 
     Raises:
         InputError: an unknown name, a precision this machine cannot compute (check_precision),
-            or a head whose `emb` is not float32 under the policy.
+            a net option the net lacks, num_classes for a head without a classifier, or a head
+            whose `emb` is not float32 under the policy.
     """
     import keras
     net = import_plugin('nets', model_name)
@@ -122,6 +167,13 @@ def build_model(model_name: str, head_name: str, embedding_dim: int,
     if mixed_precision not in PRECISIONS:
         raise InputError(f'unknown mixed precision {mixed_precision!r}; choose from '
                          f'{", ".join(PRECISIONS)}')
+    net_kwargs = net_arguments(net, model_name, net_options)
+    head_kwargs = {}
+    if num_classes is not None:
+        if not takes(head, 'num_classes'):
+            raise InputError(f'heads/{head_name}.py has no identity classifier (the ID loss '
+                             'needs one, e.g. --head_name bnneck)')
+        head_kwargs['num_classes'] = num_classes
     note = check_precision(mixed_precision)
     if note:
         logging.getLogger('triplet-reid').warning(note)
@@ -130,14 +182,27 @@ def build_model(model_name: str, head_name: str, embedding_dim: int,
                                   else f'mixed_{mixed_precision}')
     try:
         images = keras.Input((None, None, 3), name='images')
-        endpoints = head.endpoints(net.endpoints(images), embedding_dim)
+        endpoints = head.endpoints(net.endpoints(images, **net_kwargs), embedding_dim,
+                                   **head_kwargs)
     finally:
         keras.config.set_dtype_policy(previous)  # a global: later models are not affected
-    if endpoints['emb'].dtype != 'float32':
-        raise InputError(f'heads/{head_name}.py makes a {endpoints["emb"].dtype} `emb` under '
-                         f'--mixed_precision {mixed_precision}: its last layer needs '
-                         "dtype='float32' (see heads/__init__.py)")
+    for name in ('emb', 'train_emb', 'logits'):
+        if name in endpoints and endpoints[name].dtype != 'float32':
+            raise InputError(f'heads/{head_name}.py makes a {endpoints[name].dtype} `{name}` '
+                             f'under --mixed_precision {mixed_precision}: its last layer needs '
+                             "dtype='float32' (see heads/__init__.py)")
     return keras.Model(images, endpoints, name=f'{model_name}_{head_name}')
+
+
+def inference_model(model):
+    """The model without the endpoints only training uses (TRAINING_ENDPOINTS): the same
+    layers and weights, but no classifier, so that exports do not carry it."""
+    import keras
+    outputs = {name: tensor for name, tensor in model.output.items()
+               if name not in TRAINING_ENDPOINTS}
+    if len(outputs) == len(model.output):
+        return model
+    return keras.Model(model.input, outputs, name=model.name)
 
 
 # ----------------------------------------------------------------------------- TF1 checkpoints
@@ -255,3 +320,218 @@ def _match_checkpoint(shapes: dict, variables: dict, path: str,
                              f'shape {tuple(shapes[name])} there, {tuple(variable.shape)} in '
                              f'the model')
     return loaded, missing, ignored
+
+
+# ----------------------------------------------------------------------------- Keras weights
+HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
+# keras.applications' ResNet layers: conv1_conv, conv1_bn, conv<stage>_block<unit>_<i>_conv/_bn
+# with i = 0 the shortcut, 1-3 the bottleneck's convolutions (slim: shortcut, conv1-3).
+_KERAS_RESNET = r'conv1_(conv|bn)|conv([2-5])_block(\d+)_([0-3])_(conv|bn)'
+_SLIM_UNIT_PARTS = ('shortcut', 'conv1', 'conv2', 'conv3')
+# The 2017-era keras.applications file of the same name called them conv1, bn_conv1,
+# res2a_branch2a, bn2a_branch2a, ..., res2a_branch1 (the shortcut).
+_OLD_KERAS_RESNET = r'(res|bn)([2-5])([a-z])_branch(2a|2b|2c|1)'
+_OLD_PARTS = {'1': 0, '2a': 1, '2b': 2, '2c': 3}
+# Layers of Keras' ImageNet classifier, which a file with the top holds; ignored.
+_KERAS_TOP = ('predictions', 'fc1000', 'probs')
+_KERAS_WEIGHTS = {'conv': ('kernel', 'bias'),
+                  'bn': ('gamma', 'beta', 'moving_mean', 'moving_variance')}
+
+
+def is_hdf5(path: str | os.PathLike) -> bool:
+    """True if `path` is an HDF5 file (Keras weights), by its signature."""
+    try:
+        with open(path, 'rb') as f:
+            return f.read(8) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
+def read_keras_weights(path: str | os.PathLike) -> dict[str, dict]:
+    """The weights of a Keras HDF5 file by layer name: {layer: {weight name: array}}.
+
+    Reads Keras 2's format (what keras.applications downloads, e.g.
+    resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5: attribute `layer_names`, each layer's
+    `weight_names`; also under `model_weights` as in a whole-model .h5) and Keras 3's
+    `.weights.h5` (groups `.../vars` named by their attribute `name`, the weights numbered in
+    creation order: kernel, bias; gamma, beta, moving_mean, moving_variance). Weight names lose
+    their layer prefix and `:0`.
+
+    Raises:
+        InputError: the file cannot be read as either format.
+    """
+    import h5py
+    try:
+        with h5py.File(path, 'r') as f:
+            root = f['model_weights'] if 'model_weights' in f else f
+            if 'layer_names' in root.attrs:
+                return _read_keras2_weights(root)
+            found = {}
+            root.visititems(lambda name, item: _collect_keras3_layer(item, found))
+    except (OSError, KeyError, ValueError) as e:
+        raise InputError(f'cannot read Keras weights {path}: {e}') from None
+    if not found:
+        raise InputError(f'{path} is an HDF5 file but holds no Keras weights (neither Keras 2 '
+                         "`layer_names` nor Keras 3 `vars` groups with a layer `name`)")
+    return found
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_keras2_weights(root) -> dict[str, dict]:
+    layers = {}
+    for layer in map(_text, root.attrs['layer_names']):
+        names = [_text(n) for n in root[layer].attrs.get('weight_names', [])]
+        layers[layer] = {n.split('/')[-1].removesuffix(':0'): root[layer][n][()] for n in names}
+    return {name: weights for name, weights in layers.items() if weights}
+
+
+def _collect_keras3_layer(item, found: dict) -> None:
+    """Adds a Keras 3 `vars` group with weights to `found`, named by kind (conv or bn)."""
+    import h5py
+    if not (isinstance(item, h5py.Group) and item.name.endswith('/vars') and len(item)
+            and 'name' in item.attrs):
+        return
+    layer = _text(item.attrs['name'])
+    arrays = [item[str(i)][()] for i in range(len(item))]
+    kind = 'bn' if layer.endswith('_bn') or layer.startswith('bn') else 'conv'
+    found[layer] = dict(zip(_KERAS_WEIGHTS[kind], arrays, strict=False))
+
+
+def keras_resnet_layer(name: str, scope: str) -> str | None:
+    """Our layer for a keras.applications ResNet layer name (either naming), else None.
+
+    E.g. `conv3_block2_1_conv` -> `resnet_v1_50.block2.unit_2.bottleneck_v1.conv1`,
+    `conv1_bn` -> `resnet_v1_50.conv1.BatchNorm`.
+    """
+    import re
+    name = {'conv1': 'conv1_conv', 'bn_conv1': 'conv1_bn'}.get(name, name)
+    old = re.fullmatch(_OLD_KERAS_RESNET, name)
+    if old:
+        kind, stage, letter, branch = old.groups()
+        name = (f'conv{stage}_block{ord(letter) - ord("a") + 1}_{_OLD_PARTS[branch]}_'
+                f'{"conv" if kind == "res" else "bn"}')
+    match = re.fullmatch(_KERAS_RESNET, name)
+    if not match:
+        return None
+    if match[1]:
+        return f'{scope}.conv1' + ('.BatchNorm' if match[1] == 'bn' else '')
+    stage, unit, part, kind = match.groups()[1:]
+    ours = (f'{scope}.block{int(stage) - 1}.unit_{unit}.bottleneck_v1.'
+            f'{_SLIM_UNIT_PARTS[int(part)]}')
+    return ours + ('.BatchNorm' if kind == 'bn' else '')
+
+
+def load_keras_resnet(model, path: str | os.PathLike, log: logging.Logger | None = None) -> dict:
+    """Loads keras.applications' ResNet weights (e.g. the ImageNet ResNet-50 file
+    resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, or a `.weights.h5` saved from
+    keras.applications.ResNet50) into the ResNet of `model`.
+
+    The variables are the same as slim's, by the mapping of keras_resnet_layer. Keras' first
+    convolution sees BGR images (its "caffe" preprocessing), ours RGB: its kernel's input
+    channels are reversed. Keras' convolutions have biases and ours none: as batch norm follows
+    each one, bias b is folded into the moving mean (mean - b), which leaves inference exact
+    and training unchanged (training-mode batch norm removes any bias). With --resnet_layout
+    keras the net then computes what keras.applications.ResNet50 computes; in slim's layout
+    the strides sit elsewhere and the features differ until fine-tuned (logged).
+
+    Returns:
+        dict with lists of layer names: `loaded` (ours), `missing` (our variables the file
+        cannot hold: head, GeM), `ignored` (Keras' ImageNet classifier, if present).
+
+    Raises:
+        InputError: the file is unreadable, holds no Keras ResNet, one of another depth or
+            version (the first culprit named), or the model has no ResNet.
+    """
+    log = log or logging.getLogger('triplet-reid')
+    weights = read_keras_weights(path)
+    layers = {layer.name: layer for layer in model.layers}
+    scope = next((name.split('.')[0] for name in layers
+                  if name.startswith('resnet_v1') and name.endswith('.conv1')), None)
+    if scope is None:
+        raise InputError(f'{path} holds Keras ResNet weights, which fit only the ResNets '
+                         f'(--model_name resnet_v1_50), not {model.name}')
+    mapped, foreign, ignored = {}, [], []
+    for name in weights:
+        target = keras_resnet_layer(name, scope)
+        if target is not None:
+            mapped[target] = name
+        else:
+            (ignored if name in _KERAS_TOP else foreign).append(name)
+    expected = ('the layers of keras.applications.ResNet50: conv1_conv, conv1_bn, '
+                'conv2_block1_0_conv, ...')
+    if not mapped:
+        raise InputError(f'{path} holds no Keras ResNet: it has e.g. {_some(foreign, 3)}; '
+                         f'expected {expected}')
+    if foreign:
+        raise InputError(f'{path} is not a Keras ResNet v1: it has {_some(foreign, 3)}; '
+                         f'expected only {expected}')
+    ours = {name for name, layer in layers.items() if name.startswith(f'{scope}.') and
+            layer.weights}
+    extra, lacking = sorted(set(mapped) - ours), sorted(ours - set(mapped))
+    if extra or lacking:
+        problem = (f'has {mapped[extra[0]]}, which {scope} lacks (a deeper ResNet?)' if extra
+                   else f'lacks the weights of {lacking[0]} (a shallower ResNet?)')
+        raise InputError(f'{path} does not fit {scope}: it {problem}')
+    _assign_keras_resnet(layers, mapped, weights, scope, path)
+    loaded = sorted(mapped)
+    missing = sorted(slim_name(layer, variable) for layer in model.layers
+                     if layer.name not in mapped for variable in layer.weights)
+    log.info('loaded the %d layers of %s from Keras weights %s', len(loaded), scope, path)
+    if missing:
+        log.info('%d model variables are not in the file and keep their initial values: %s',
+                 len(missing), _some(missing))
+    if ignored:
+        log.info("ignored Keras' ImageNet classifier: %s", ', '.join(ignored))
+    if f'{scope}.pool1.pad' not in layers:
+        log.warning('Keras strides in the first unit of a block, --resnet_layout slim in the '
+                    "last: the features differ from Keras' until fine-tuning adapts them; "
+                    "--resnet_layout keras computes exactly what Keras does")
+    return {'loaded': loaded, 'missing': missing, 'ignored': ignored}
+
+
+def _assign_keras_resnet(layers: dict, mapped: dict, weights: dict, scope: str, path) -> None:
+    """Assigns the Keras weights `weights` to our `layers` by `mapped` (ours -> Keras')."""
+    import numpy as np
+    biases = {}
+    for ours, theirs in mapped.items():
+        layer, values = layers[ours], weights[theirs]
+        required = _KERAS_WEIGHTS['bn'] if hasattr(layer, 'moving_mean') else ('kernel',)
+        if not set(required) <= set(values):
+            raise InputError(f'{path}: {theirs} has the weights {", ".join(values)}, expected '
+                             f'{", ".join(required)}')
+        if 'bias' in values:  # folded into the batch norm that follows
+            biases[f'{ours}.BatchNorm'] = np.asarray(values['bias'], np.float64)
+        for name in required:
+            variable, value = getattr(layer, name), np.asarray(values[name])
+            if name == 'kernel' and ours == f'{scope}.conv1':
+                value = value[:, :, ::-1]  # BGR -> RGB input channels
+            if tuple(value.shape) != tuple(variable.shape):
+                raise InputError(f'{path} does not fit {scope}: {theirs}/{name} has shape '
+                                 f'{tuple(value.shape)} there, {tuple(variable.shape)} in '
+                                 f'{ours}')
+            variable.assign(value.astype(variable.dtype))
+    for ours, bias in biases.items():
+        mean = layers[ours].moving_mean
+        mean.assign((mean.numpy().astype(np.float64) - bias).astype(mean.dtype))
+
+
+def check_initial_checkpoint(path: str | os.PathLike) -> None:
+    """Raises InputError if `path` is neither a readable TF1 checkpoint nor Keras weights."""
+    if is_hdf5(path):
+        read_keras_weights(path)
+    else:
+        open_tf1_checkpoint(path)
+
+
+def load_initial_checkpoint(model, path: str | os.PathLike,
+                            log: logging.Logger | None = None) -> dict:
+    """--initial_checkpoint: Keras ResNet weights (an HDF5 file) or a TF1 checkpoint.
+
+    Returns and raises as load_keras_resnet and load_tf1_checkpoint.
+    """
+    if is_hdf5(path):
+        return load_keras_resnet(model, path, log)
+    return load_tf1_checkpoint(model, path, log)

@@ -27,15 +27,16 @@ def _bn_relu6(x, name: str):
     return keras.layers.ReLU(6.0, name=f'{name}.relu6')(x)
 
 
-def endpoints(images, depth_multiplier: float) -> dict:
+def endpoints(images, depth_multiplier: float, pooling: str = 'avg') -> dict:
     """Builds MobileNet v1 on `images`.
 
     Args:
         images: Keras tensor (B, H, W, 3), float RGB in [0, 255]; any H and W.
         depth_multiplier: width factor (1.0, 0.75, 0.5, 0.25), as slim's depth_multiplier.
+        pooling: `avg`, `max` or `gem` (layers.global_pool).
 
     Returns:
-        dict with `model_output` = `global_pool`, the spatial mean of the last layer's
+        dict with `model_output` = `global_pool`, the pooled (by default averaged) last layer's
         features (B, F), where F = max(1024 * depth_multiplier, 8). Feature maps are not
         endpoints, as model.predict would gather them for every image; for debugging, read
         them with model.get_layer('MobilenetV1.Conv2d_13_pointwise.relu6').output.
@@ -57,5 +58,5 @@ def endpoints(images, depth_multiplier: float) -> dict:
         name = f'{SCOPE}.Conv2d_{i}_pointwise'
         x = keras.layers.Conv2D(depth, 1, use_bias=False, kernel_initializer=init, name=name)(x)
         x = _bn_relu6(x, name)
-    pooled = keras.layers.GlobalAveragePooling2D(name=f'{SCOPE}.global_pool')(x)
+    pooled = layers.global_pool(x, pooling, f'{SCOPE}.global_pool')
     return {'global_pool': pooled, 'model_output': pooled}

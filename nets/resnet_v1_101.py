@@ -2,6 +2,11 @@
 from nets import _resnet_v1
 
 
-def endpoints(images) -> dict:
-    """ResNet-101 v1 on float RGB images (B, H, W, 3) in [0, 255]: `model_output` (B, 2048)."""
-    return _resnet_v1.endpoints(images, 'resnet_v1_101', (3, 4, 23, 3))
+def endpoints(images, last_stride: int = 2, pooling: str = 'avg',
+              layout: str = 'slim') -> dict:
+    """ResNet-101 v1 on float RGB images (B, H, W, 3) in [0, 255]: `model_output` (B, 2048).
+
+    last_stride (2 or 1), pooling (avg, max, gem) and layout (slim, keras): nets/_resnet_v1.py.
+    """
+    return _resnet_v1.endpoints(images, 'resnet_v1_101', (3, 4, 23, 3), last_stride, pooling,
+                                layout)

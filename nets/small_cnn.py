@@ -12,8 +12,9 @@ import layers
 WIDTHS = (16, 32, 64, 128)
 
 
-def endpoints(images) -> dict:
-    """The CNN on float RGB images (B, H, W, 3) in [0, 255]: `model_output` (B, 128)."""
+def endpoints(images, pooling: str = 'avg') -> dict:
+    """The CNN on float RGB images (B, H, W, 3) in [0, 255]: `model_output` (B, 128), pooled by
+    `pooling` (avg, max, gem: layers.global_pool)."""
     x = images / 127.5 - 1.0
     for stage, width in enumerate(WIDTHS, start=1):
         for layer in (1, 2):
@@ -24,5 +25,5 @@ def endpoints(images) -> dict:
             x = keras.layers.ReLU(name=f'{name}.relu')(x)
         if stage < len(WIDTHS):
             x = keras.layers.MaxPooling2D(2, name=f'small_cnn.stage{stage}.pool')(x)
-    pooled = keras.layers.GlobalAveragePooling2D(name='small_cnn.pool')(x)
+    pooled = layers.global_pool(x, pooling, 'small_cnn.pool')
     return {'model_output': pooled, 'global_pool': pooled}
