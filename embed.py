@@ -19,7 +19,7 @@ import numpy as np
 import common
 import experiment
 from model import (PRECISIONS, build_model, computes_bfloat16_on_gpu, cpu_bfloat16, import_plugin,
-                   plugin_names)
+                   inference_model, plugin_names)
 
 AGGREGATORS = plugin_names('aggregators')
 CROPS = ('center', 'avgpool', 'five')
@@ -331,8 +331,9 @@ def main(argv: list[str] | None = None) -> None:
                     'embedding in float32', root)
         args.mixed_precision = 'none'
     model = build_model(args.model_name, args.head_name, args.embedding_dim,
-                        args.mixed_precision)
+                        args.mixed_precision, **experiment.model_options(args))
     experiment.restore_model(model, checkpoint, args.embedding_dim, is_tf1, log)
+    model = inference_model(model)  # what training alone needs (a classifier) is not run
     log.info('embedding %d images of %s with %s from %s, %d embedding%s each (%s)%s', len(fids),
              args.dataset, model.name, checkpoint, len(types), 's' * (len(types) > 1),
              ', '.join(types), f', computing in {args.mixed_precision}'

@@ -38,7 +38,8 @@ parser.add_argument('--gallery_dataset', required=True, help='CSV of the gallery
 parser.add_argument('--gallery_embeddings', required=True,
                     help='HDF5 file with the gallery embeddings.')
 parser.add_argument('--metric', default='euclidean', choices=loss.METRICS,
-                    help='Distance between embeddings; use the one the model was trained with.')
+                    help='Distance between embeddings; use the one the model was trained with '
+                         '(cosine for BNNeck features, as the strong baseline evaluates).')
 parser.add_argument('--filename', default=None,
                     help='Where to write the JSON result; nothing is written if not given.')
 parser.add_argument('--use_market_ap', action='store_true', default=False,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import common
-from model import load_tf1_checkpoint, plugin_names
+from model import NET_OPTIONS, load_tf1_checkpoint, plugin_names
 
 ARGS_FILE = 'args.json'
 LOCK_FILE = 'train.lock'  # held by the train.py that writes into the root; holds its PID
@@ -25,10 +25,17 @@ CHECKPOINT_NAME = 'checkpoint'  # files checkpoint-<iterations done>.index/.data
 NEVER_COMPARED = ('resume', 'experiment_root', 'cluster_timeout')
 # The settings of the trained model that embed.py takes from args.json unless given. Only
 # these are read: the training flags flip_augment and crop_augment must not switch on
-# test-time augmentation.
+# test-time augmentation. num_classes is no flag: train.py stores the number of training
+# identities there when the head has a classifier (the ID loss), so that its checkpoints
+# restore into the same model.
 MODEL_SETTINGS = {'model_name': str, 'head_name': str, 'embedding_dim': int,
                   'net_input_height': int, 'net_input_width': int,
-                  'pre_crop_height': int, 'pre_crop_width': int, 'image_root': str}
+                  'pre_crop_height': int, 'pre_crop_width': int, 'image_root': str,
+                  'last_stride': int, 'pooling': str, 'resnet_layout': str, 'num_classes': int}
+# The net options of model.NET_OPTIONS by their args.json names; roots from before a flag
+# existed (and the 2017 roots) were trained with its first choice.
+NET_OPTION_FLAGS = {'last_stride': 'last_stride', 'pooling': 'pooling',
+                    'resnet_layout': 'layout'}
 
 
 # ----------------------------------------------------------------------------- flags
@@ -38,8 +45,9 @@ def add_model_flags(parser, defaults: dict) -> None:
     Args:
         parser: an argparse parser or argument group.
         defaults: the default of each flag (model_name, head_name, embedding_dim,
-            net_input_height, net_input_width, pre_crop_height, pre_crop_width); embed.py
-            passes None for all, meaning "from args.json".
+            net_input_height, net_input_width, pre_crop_height, pre_crop_width, and optionally
+            last_stride, pooling, resnet_layout: else the 2017 net's); embed.py passes None
+            for all, meaning "from args.json".
     """
     parser.add_argument('--model_name', default=defaults['model_name'],
                         choices=plugin_names('nets'), help='Backbone, a module of nets/.')
@@ -61,6 +69,20 @@ def add_model_flags(parser, defaults: dict) -> None:
                         type=common.positive_int,
                         help='With --crop_augment: width images are resized to before the '
                              'crop, in pixels.')
+    choices = {flag: NET_OPTIONS[option][1] for flag, option in NET_OPTION_FLAGS.items()}
+    parser.add_argument('--last_stride', default=defaults.get('last_stride', 2), type=int,
+                        choices=choices['last_stride'],
+                        help='ResNets: stride of the unit leading into the last block; 1 keeps '
+                             'twice the resolution (16x8 at 256x128), as the strong baseline.')
+    parser.add_argument('--pooling', default=defaults.get('pooling', 'avg'),
+                        choices=choices['pooling'],
+                        help='Global pooling of the backbone: avg (the 2017 nets), max, or gem '
+                             '(generalised mean, learnable p from 3).')
+    parser.add_argument('--resnet_layout', default=defaults.get('resnet_layout', 'slim'),
+                        choices=choices['resnet_layout'],
+                        help="ResNets: slim (stride in a block's last unit, slim's checkpoints) "
+                             "or keras (keras.applications': stride in the first unit; computes "
+                             "what Keras does with its weights, at 11%% more FLOPs).")
 
 
 def given_flags(argv: list[str]) -> set[str]:
@@ -189,13 +211,24 @@ def fill_model_settings(args: argparse.Namespace, stored: dict, path: Path) -> N
         common.InputError: a stored value has the wrong type (or is not positive).
     """
     for key, kind in MODEL_SETTINGS.items():
-        if getattr(args, key) is None and stored.get(key) is not None:
+        if getattr(args, key, None) is None and stored.get(key) is not None:
             value = stored[key]
             if not isinstance(value, kind) or isinstance(value, bool) or (
                     kind is int and value <= 0):
                 raise common.InputError(f'{path}: {key} is {value!r}, expected a '
                                         f'{"positive integer" if kind is int else "string"}')
             setattr(args, key, value)
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of model.build_model beyond name, head, size and precision:
+    `num_classes` and the net options, the 2017 values where `args` has none (an args.json
+    from before the flags)."""
+    options = {'num_classes': getattr(args, 'num_classes', None)}
+    for flag, option in NET_OPTION_FLAGS.items():
+        value = getattr(args, flag, None)
+        options[option] = NET_OPTIONS[option][1][0] if value is None else value
+    return options
 
 
 # ----------------------------------------------------------------------------- the lock

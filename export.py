@@ -289,9 +289,11 @@ def main(argv: list[str] | None = None) -> None:
     # Model.
     checkpoint = checkpoint or experiment.latest_checkpoint(root)
     tf1 = experiment.is_tf1_checkpoint(checkpoint)
-    from model import build_model
-    model = build_model(args.model_name, args.head_name, args.embedding_dim)
+    from model import build_model, inference_model
+    model = build_model(args.model_name, args.head_name, args.embedding_dim,
+                        **experiment.model_options(args))
     experiment.restore_model(model, checkpoint, args.embedding_dim, tf1, log)
+    model = inference_model(model)  # the export holds no classifier (--id_loss_weight)
     net_size = (args.net_input_height, args.net_input_width)
     module = serving_module(model, net_size, args.flip_augment, args.aggregator,
                             legacy_resize=tf1)  # 2017 roots: TF1's resize, as embed.py does

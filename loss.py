@@ -1,18 +1,22 @@
-"""Distances and triplet losses, shared by train.py (TensorFlow) and evaluate.py (NumPy).
+"""Distances and losses (triplet, ID, center), shared by training (TensorFlow) and evaluate.py
+(NumPy).
 
 TensorFlow is imported on first use: evaluate.py only needs the NumPy path of `cdist` and
 should not pay TensorFlow's ~3.5 s import on every call.
 """
 import numpy as np
 
-METRICS = ('euclidean', 'sqeuclidean', 'cityblock')
+METRICS = ('euclidean', 'sqeuclidean', 'cityblock', 'cosine')
+# Norms below this count as this, so that the cosine distance of a zero vector is defined (1).
+COSINE_FLOOR = 1e-12
 
 
 def cdist(a, b, metric: str = 'euclidean'):
     """All pairwise distances between the rows of `a` (M, D) and `b` (N, D): shape (M, N).
 
     metric: `euclidean` (sqrt of the squared distance + 1e-12, so that the gradient stays
-    finite for identical embeddings), `sqeuclidean` or `cityblock`.
+    finite for identical embeddings), `sqeuclidean`, `cityblock` or `cosine` (1 - a.b / (|a| |b|),
+    in [0, 2]; the inference metric of BNNeck features).
 
     TensorFlow tensors (training) use the exact difference form, cheap for a batch. NumPy
     arrays (evaluation, up to 20,000 x 200,000 pairs in query batches) are computed in
@@ -24,6 +28,10 @@ def cdist(a, b, metric: str = 'euclidean'):
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         return _cdist_numpy(a.astype(np.float64), b.astype(np.float64), metric)
     import tensorflow as tf
+    if metric == 'cosine':  # l2_normalize's gradient is finite at 0, unlike tf.norm's
+        def unit(x):
+            return tf.math.l2_normalize(x, axis=1, epsilon=COSINE_FLOOR ** 2)
+        return 1.0 - tf.matmul(unit(a), unit(b), transpose_b=True)
     diffs = a[:, None, :] - b[None, :, :]  # (M, N, D)
     if metric == 'cityblock':
         return tf.reduce_sum(tf.abs(diffs), axis=-1)
@@ -45,6 +53,12 @@ def cdist_to(b: np.ndarray, metric: str = 'euclidean', clamp: bool = True):
     for a caller that clamps the few entries it uses (`sqeuclidean` only).
     """
     b = np.asarray(b, np.float64)
+    if metric == 'cosine':
+        right = unit_rows(b).T
+
+        def distances(a):
+            return 1.0 - unit_rows(np.asarray(a, np.float64)) @ right
+        return distances
     if metric == 'cityblock':
         def distances(a):
             a = np.asarray(a, np.float64)
@@ -70,6 +84,11 @@ def cdist_to(b: np.ndarray, metric: str = 'euclidean', clamp: bool = True):
         squared += 1e-12
         return np.sqrt(squared, out=squared)
     return distances
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """The rows of `x` (N, D) divided by their norms (at least COSINE_FLOOR), for `cosine`."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), COSINE_FLOOR)
 
 
 # ----------------------------------------------------------------------------- triplet losses
@@ -195,3 +214,79 @@ def batch_metrics(dists, pids, losses) -> dict:
         'pos_dists': tf.boolean_mask(dists, positive),
         'neg_dists': tf.boolean_mask(dists, negative),
     }
+
+
+# ----------------------------------------------------------------------------- ID and center losses
+def id_loss(logits, labels, label_smoothing: float = 0.0):
+    """Cross-entropy of the identity classifier with label smoothing, one value per sample.
+
+    Szegedy et al. 2016, as Luo et al.'s strong baseline uses it: the target of a sample of
+    class y among N is q_i = 1 - eps + eps / N for i = y and eps / N otherwise, and the loss
+    is -sum_i q_i log p_i with p = softmax(logits). eps = 0 is the plain cross-entropy.
+    Computed from log_softmax, which stays finite for any logits.
+
+    Args:
+        logits: (B, N) float.
+        labels: (B,) int class in [0, N).
+        label_smoothing: eps in [0, 1).
+
+    Returns:
+        (B,) float losses.
+    """
+    import tensorflow as tf
+    classes = tf.shape(logits)[-1]
+    log_p = tf.nn.log_softmax(logits, axis=-1)  # (B, N)
+    eps = tf.constant(label_smoothing, logits.dtype)
+    targets = (1.0 - eps) * tf.one_hot(labels, classes, dtype=logits.dtype) + eps / tf.cast(
+        classes, logits.dtype)
+    return -tf.reduce_sum(targets * log_p, axis=-1)
+
+
+def center_loss(embs, labels, centres):
+    """The center loss of Wen et al. (ECCV 2016), one value per sample: 1/2 |f_j - c_{y_j}|^2.
+
+    The objective is their sum over the batch (Luo et al.'s eq. 6, weighted by beta = 0.0005
+    there). The reference code of the strong baseline divides the sum of |f_j - c_{y_j}|^2 by
+    the batch size instead of 2: at the paper's B = 64 its loss is 32x weaker than the formula
+    for the same beta. We follow the formula (README). The centres get no gradient from it:
+    they move by center_update.
+
+    Args:
+        embs: (B, D) float, the features f_j (BNNeck: before its batch norm).
+        labels: (B,) int class in [0, N).
+        centres: (N, D) float, c.
+
+    Returns:
+        (B,) float.
+    """
+    import tensorflow as tf
+    own = tf.stop_gradient(tf.gather(centres, labels))  # (B, D)
+    return 0.5 * tf.reduce_sum(tf.square(embs - own), axis=1)
+
+
+def center_update(embs, labels, centres, learning_rate: float):
+    """The centres after one step of the center loss's own update (Wen et al., eq. 4).
+
+    Each centre c_k moves towards the batch's features of class k: c_k -= lr * delta_k with
+    delta_k = sum_{j: y_j = k} (c_k - f_j) / (1 + n_k), n_k the samples of class k in the batch
+    (classes not in the batch stay). This is SGD on 1/2 sum_j |f_j - c_{y_j}|^2 with the
+    gradient of c_k divided by 1 + n_k: plain SGD at the paper's lr 0.5 would jump each centre
+    past its class's mean (by 2x with K = 4) and oscillate. Luo et al.'s code takes plain SGD
+    on its batch-mean loss instead (a step of lr * 2 n_k / B towards the mean).
+
+    Args:
+        embs: (B, D) float features (no gradient flows through the update).
+        labels: (B,) int class in [0, N).
+        centres: (N, D) float.
+        learning_rate: alpha, --center_lr.
+
+    Returns:
+        (N, D) the new centres.
+    """
+    import tensorflow as tf
+    embs = tf.stop_gradient(embs)
+    classes = tf.shape(centres)[0]
+    sums = tf.math.unsorted_segment_sum(embs, labels, classes)  # (N, D): sum of f_j per class
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(labels, embs.dtype), labels, classes)
+    delta = (counts[:, None] * centres - sums) / (1.0 + counts[:, None])
+    return centres - learning_rate * delta

@@ -16,7 +16,8 @@ image is expanded by the half-k1 (`np.around(k1 / 2)`, which rounds halves to ev
 set of each member when more than 2/3 of that set lies in the image's own set; weights are
 exp(-distance) normalised to sum 1; with k2 > 1 each row is the mean of its k2 nearest rows;
 the Jaccard distance is 1 - m / (2 - m) with m the sum of the element-wise minima of two rows;
-the result is jaccard * (1 - lambda) + distance * lambda.
+the result is jaccard * (1 - lambda) + distance * lambda. With `cosine` the squared cosine
+distances go in the same way.
 
 Ties: where two distances are equal, the published code's `np.argsort` (not stable) decides
 the order of neighbours, and so may this code, differently; with continuous embeddings exact
@@ -56,8 +57,12 @@ def pair_distances(embs: np.ndarray, rows: np.ndarray, cols: np.ndarray, metric:
     """The distances (P,) between embs[rows[p]] and embs[cols[p]], as loss.cdist defines them."""
     out = np.empty(len(rows))
     step = max(1, BLOCK_BYTES // 8 // max(1, embs.shape[1]))
+    units = loss.unit_rows(embs.astype(np.float64)) if metric == 'cosine' else None
     for start in range(0, len(rows), step):
         part = slice(start, start + step)
+        if metric == 'cosine':
+            out[part] = 1.0 - np.einsum('ij,ij->i', units[rows[part]], units[cols[part]])
+            continue
         diff = embs[rows[part]].astype(np.float64) - embs[cols[part]]
         if metric == 'cityblock':
             out[part] = np.abs(diff).sum(1)

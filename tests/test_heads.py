@@ -90,3 +90,49 @@ def test_fc1024_matches_numpy_in_training_mode():
     np.testing.assert_allclose(bn.moving_mean.numpy(),
                                0.1 * (x @ model.get_layer('fully_connected').kernel.numpy())
                                .mean(0), rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- BNNeck
+def test_bnneck_feature_logits_and_inference_feature_match_numpy():
+    features = keras.Input((FEATURES,))
+    head = import_plugin('heads', 'bnneck')
+    model = keras.Model(features, head.endpoints({'model_output': features}, FEATURES,
+                                                 num_classes=7))
+    bn, classifier = model.get_layer('bnneck.BatchNorm'), model.get_layer('bnneck.classifier')
+    assert not classifier.use_bias and 'bnneck.fc' not in [layer.name for layer in model.layers]
+    rng = np.random.RandomState(3)
+    gamma, mean, variance = rng.rand(FEATURES) + 0.5, rng.randn(FEATURES), rng.rand(FEATURES) + .5
+    for variable, value in ((bn.gamma, gamma), (bn.moving_mean, mean),
+                            (bn.moving_variance, variance)):
+        variable.assign(value.astype(np.float32))
+    x = _features(batch=8, seed=4)
+    out = model(x, training=False)
+    np.testing.assert_array_equal(out['train_emb'].numpy(), x)  # f: the pooled feature itself
+    inference = (x - mean) / np.sqrt(variance + 1e-5) * gamma  # shift frozen at 0
+    assert_close_float32(out['emb'].numpy(), inference, model)
+    assert_close_float32(out['logits'].numpy(), inference @ classifier.kernel.numpy(), model)
+    out = model(x, training=True)  # the batch's moments
+    batch = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5) * gamma
+    assert_close_float32(out['emb'].numpy(), batch, model)
+    # Training the logits moves gamma and the classifier, never the frozen shift.
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(model(x, training=True)['logits'] ** 2)
+    grads = tape.gradient(total, model.trainable_variables)
+    assert {v.path for v in model.trainable_variables} == {'bnneck.BatchNorm/gamma',
+                                                          'bnneck.classifier/kernel'}
+    assert all(g is not None for g in grads)
+    np.testing.assert_array_equal(bn.beta.numpy(), 0)
+
+
+def test_bnneck_fc_and_the_inference_model_without_classifier():
+    from model import build_model, inference_model
+    model = build_model('small_cnn', 'bnneck', 6, num_classes=5)
+    assert model.get_layer('bnneck.fc').kernel.shape == (128, 6)
+    assert model.output['logits'].shape[-1] == 5
+    plain = inference_model(model)
+    assert 'logits' not in plain.output and 'train_emb' not in plain.output
+    assert 'bnneck.classifier' not in [layer.name for layer in plain.layers]
+    images = np.random.RandomState(5).uniform(0, 255, (3, 32, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(plain(images)['emb'].numpy(), model(images)['emb'].numpy())
+    assert inference_model(build_model('small_cnn', 'bnneck', 6)).output.keys() == {
+        'model_output', 'global_pool', 'emb_raw', 'emb'}

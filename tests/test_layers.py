@@ -81,3 +81,47 @@ def test_batch_norm_weights_are_named_as_slim():
     names = sorted(v.path.split('/')[-1] for v in layer.weights)
     assert names == ['beta', 'gamma', 'moving_mean', 'moving_variance']
     assert [v.path.split('/')[-1] for v in layer.trainable_weights] == ['gamma', 'beta']
+
+
+# ----------------------------------------------------------------------------- GeM
+@pytest.mark.parametrize('mode', ['eager', 'tf.function'])
+def test_gem_matches_numpy_and_learns_p(mode):
+    rng = np.random.RandomState(5)
+    x = rng.randn(3, 4, 2, 5).astype(np.float32) + 0.5  # some negatives: clamped to eps
+    layer = layers.GeMPooling()
+    layer.build(x.shape)
+    assert layer.p.numpy() == 3.0 and layer.p.trainable
+    call = layer if mode == 'eager' else tf.function(layer, autograph=False)
+    for p in (3.0, 1.0, 4.5):
+        layer.p.assign(p)
+        expected = (np.maximum(x, 1e-6).astype(np.float64) ** p).mean((1, 2)) ** (1 / p)
+        np.testing.assert_allclose(call(x).numpy(), expected, rtol=2e-5)
+    layer.p.assign(1.0)  # p = 1 is average pooling of the clamped map
+    np.testing.assert_allclose(call(np.abs(x) + 1).numpy(), (np.abs(x) + 1).mean((1, 2)),
+                               rtol=1e-5)
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(layer(x))
+    grad = tape.gradient(total, layer.p).numpy()
+    assert np.isfinite(grad) and grad != 0
+
+
+def test_global_pool_names_and_choices():
+    x = keras.Input((None, None, 6))
+    assert layers.global_pool(x, 'avg', 'net.pool')._keras_history.operation.name == 'net.pool'
+    assert isinstance(layers.global_pool(x, 'max', 'net.pool')._keras_history.operation,
+                      keras.layers.GlobalMaxPooling2D)
+    # GeM's weight stays out of the net's slim scope (see layers.global_pool).
+    assert layers.global_pool(x, 'gem', 'net.pool')._keras_history.operation.name == 'gem_pool'
+    with pytest.raises(ValueError, match='unknown pooling'):
+        layers.global_pool(x, 'median', 'net.pool')
+
+
+def test_batch_norm_without_center_keeps_beta_at_zero():
+    layer = layers.BatchNorm(center=False)
+    x = tf.constant(np.random.RandomState(6).randn(8, 3).astype(np.float32))
+    layer.build(x.shape)
+    assert [v.path.split('/')[-1] for v in layer.trainable_weights] == ['gamma']
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(layer(x, training=True) * np.arange(3, dtype=np.float32))
+    assert tape.gradient(total, layer.trainable_weights)[0] is not None
+    np.testing.assert_array_equal(layer.beta.numpy(), np.zeros(3))

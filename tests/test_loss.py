@@ -14,6 +14,9 @@ MARGINS = (0.0, 0.3, 'soft', 'none')
 
 
 def np_dists(emb, metric):
+    if metric == 'cosine':
+        units = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        return 1 - units @ units.T
     diffs = emb[:, None] - emb[None]
     if metric == 'cityblock':
         return np.abs(diffs).sum(-1)
@@ -175,3 +178,58 @@ def test_importing_loss_does_not_import_tensorflow():
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
                             text=True, check=True)
     assert result.stdout.strip() == 'False'
+
+
+# ----------------------------------------------------------------------------- cosine
+def test_cosine_numpy_and_tensorflow_agree_and_handle_zero_rows():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+    b[2] = 0  # a zero row: distance 1 to everything, not NaN
+    units_a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    units_b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    expected = 1 - units_a @ units_b.T
+    np.testing.assert_allclose(loss.cdist(a, b, 'cosine'), expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(loss.cdist(tf.constant(a), tf.constant(b), 'cosine').numpy(),
+                               expected, rtol=1e-12, atol=1e-15)
+    assert np.all(loss.cdist(a, b, 'cosine')[:, 2] == 1)
+
+
+# ----------------------------------------------------------------------------- ID and center losses
+def test_label_smoothing_matches_the_formula():
+    rng = np.random.default_rng(5)
+    logits, labels = rng.normal(scale=3, size=(6, 7)), rng.integers(0, 7, 6)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    for eps in (0.0, 0.1, 0.5):
+        q = np.full((6, 7), eps / 7)
+        q[np.arange(6), labels] = 1 - eps + eps / 7
+        expected = -(q * np.log(p)).sum(1)
+        for fn in (loss.id_loss, tf.function(loss.id_loss)):
+            got = fn(tf.constant(logits), tf.constant(labels), eps).numpy()
+            np.testing.assert_allclose(got, expected, rtol=1e-12)
+    # eps 0 is Keras' plain cross-entropy.
+    plain = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    np.testing.assert_allclose(loss.id_loss(tf.constant(logits), tf.constant(labels)).numpy(),
+                               plain.numpy(), rtol=1e-10)
+
+
+def test_center_loss_and_update_match_the_formulas():
+    rng = np.random.default_rng(6)
+    labels = np.array([0, 0, 0, 2, 2, 3])  # class 1 not in the batch: its centre stays
+    f, c = rng.normal(size=(6, 4)), rng.normal(size=(5, 4))
+    expected = 0.5 * ((f - c[labels]) ** 2).sum(1)
+    f_t = tf.constant(f)
+    with tf.GradientTape() as tape:
+        tape.watch(f_t)
+        values = loss.center_loss(f_t, tf.constant(labels), tf.constant(c))
+        total = tf.reduce_sum(values)
+    np.testing.assert_allclose(values.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(tape.gradient(total, f_t).numpy(), f - c[labels], rtol=1e-12)
+    lr = 0.5
+    want = c.copy()
+    for k in range(5):  # Wen et al.'s eq. 4, class by class
+        mine = labels == k
+        want[k] -= lr * (c[k] - f[mine]).sum(0) / (1 + mine.sum())
+    for fn in (loss.center_update, tf.function(loss.center_update)):
+        got = fn(tf.constant(f), tf.constant(labels), tf.constant(c), lr).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_array_equal(got[[1, 4]], c[[1, 4]])

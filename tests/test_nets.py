@@ -84,3 +84,34 @@ def test_training_moves_every_batch_norm_statistic(name):
     before = [v.numpy().copy() for v in statistics]
     model(_images(2, 64, 32), training=True)
     assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, statistics, strict=True))
+
+
+# ----------------------------------------------------------------------------- options
+def test_last_stride_one_keeps_16x8_at_256x128():
+    block4 = 'resnet_v1_50.block4.unit_3.bottleneck_v1.relu'
+    default = _net_model('resnet_v1_50')  # slim's layout, last stride 2: 8x4
+    assert keras.Model(default.input, default.get_layer(block4).output)(
+        _images(1, 256, 128)).shape == (1, 8, 4, 2048)
+    images = keras.Input((256, 128, 3))  # static shapes: no forward pass needed
+    model = keras.Model(images, import_plugin('nets', 'resnet_v1_50').endpoints(
+        images, last_stride=1))
+    assert tuple(model.get_layer(block4).output.shape) == (None, 16, 8, 2048)
+    # The same variables as the default net: its checkpoints still load.
+    assert [v.shape for v in model.weights] == [v.shape for v in default.weights]
+    # Keras' layout strides elsewhere (the first unit of a block); one unit per block suffices.
+    from nets import _resnet_v1
+    for last_stride, size in ((2, (8, 4)), (1, (16, 8))):
+        out = _resnet_v1.endpoints(images, 'r', (1, 1, 1, 1), last_stride, layout='keras')
+        unit = keras.Model(images, out).get_layer('r.block4.unit_1.bottleneck_v1.relu')
+        assert tuple(unit.output.shape) == (None, *size, 2048)
+
+
+def test_net_options_are_refused_by_nets_without_them():
+    from common import InputError
+    from model import build_model
+    with pytest.raises(InputError, match='--last_stride 1: nets/small_cnn.py has no such option'):
+        build_model('small_cnn', 'direct', 4, last_stride=1)
+    with pytest.raises(InputError, match="--pooling 'median'"):
+        build_model('small_cnn', 'direct', 4, pooling='median')
+    model = build_model('small_cnn', 'direct', 4, pooling='gem', last_stride=2)  # 2: the default
+    assert model.get_layer('gem_pool').p.numpy() == 3
