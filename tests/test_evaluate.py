@@ -379,3 +379,25 @@ def test_cli_bad_combinations_are_one_line(tmp_path, extra, expected):
     done = run_cli(paths, *extra)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count('\n') == 1 and expected in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize('market_ap', [False, True])
+def test_cosine_batched_equals_loop_and_ranks_as_euclidean_on_the_sphere(market_ap):
+    rng = np.random.default_rng(11)
+    query_pids, query_fids, gallery_pids, gallery_fids = toy_market(rng)
+    centres = {pid: rng.normal(size=8) for pid in np.unique(gallery_pids)}
+    query_embs, gallery_embs = (np.array([centres[pid] for pid in pids]) + 0.5 * rng.normal(
+        size=(len(pids), 8)) for pids in (query_pids, gallery_pids))
+    query_embs *= rng.uniform(0.5, 3, (40, 1))  # norms that cosine ignores
+    excluder = market1501.Excluder(gallery_fids)
+    data = (query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs, excluder)
+    cosine = evaluate.evaluate(*data, metric='cosine', market_ap=market_ap, batch_size=7)
+    assert_same(cosine, evaluate.evaluate_loop(*data, metric='cosine', market_ap=market_ap))
+    # On unit vectors |a - b|^2 = 2 cos_dist(a, b): the same ranking, so the same AP and CMC,
+    # whatever the norms of the embeddings were.
+    def unit(embs):
+        return embs / np.linalg.norm(embs, axis=1, keepdims=True)
+    euclidean = evaluate.evaluate(*data[:2], unit(query_embs), *data[3:5], unit(gallery_embs),
+                                  excluder, metric='euclidean', market_ap=market_ap)
+    assert 0.3 < cosine['mAP'] < 0.99
+    assert_same(cosine, euclidean)

@@ -61,7 +61,7 @@ def random_case(rng, queries=25, gallery=70, dim=6, identities=12):
 
 @pytest.mark.parametrize('k1, k2, lambda_value', [(20, 6, 0.3), (5, 1, 0.0), (7, 3, 0.8),
                                                   (4, 4, 1.0)])
-@pytest.mark.parametrize('metric', ['euclidean', 'sqeuclidean', 'cityblock'])
+@pytest.mark.parametrize('metric', ['euclidean', 'sqeuclidean', 'cityblock', 'cosine'])
 def test_equals_dense_published_algorithm(k1, k2, lambda_value, metric):
     rng = np.random.default_rng(k1 * 100 + k2)
     _, query_embs, _, gallery_embs = random_case(rng)
@@ -129,3 +129,11 @@ def test_expand_queries_equals_direct_mean(alpha):
                            for j in neighbours[q]]
         want = sum(w * v for w, v in zip(weights, vectors, strict=True)) / sum(weights)
         np.testing.assert_allclose(got[q], want, rtol=1e-5, atol=1e-6)
+
+
+def test_cosine_pair_distances_equal_cdist():
+    rng = np.random.default_rng(2)
+    embs = rng.normal(size=(30, 5))
+    rows, cols = rng.integers(0, 30, 50), rng.integers(0, 30, 50)
+    np.testing.assert_allclose(rerank.pair_distances(embs, rows, cols, 'cosine'),
+                               loss.cdist(embs, embs, 'cosine')[rows, cols], atol=1e-12)
