@@ -291,3 +291,21 @@ def test_unreadable_checkpoint_is_an_input_error(tmp_path):
     (tmp_path / 'garbage.ckpt').write_bytes(b'not a checkpoint')
     with pytest.raises(common.InputError, match='cannot read checkpoint'):
         load_tf1_checkpoint(model, tmp_path / 'garbage.ckpt')
+
+
+def test_2017_checkpoint_loads_into_gem_and_bnneck(tmp_path, write_tf1_checkpoint):
+    # The backbone of a 2017 root (or of slim's ImageNet checkpoint) in a strong-baseline model:
+    # only GeM's p and the BNNeck head are new, and they keep their initial values.
+    old = build_model('mobilenet_v1_0_25', 'fc1024', EMBEDDING_DIM)
+    values = random_values(model_shapes(old), seed=2)
+    path = write_tf1_checkpoint(tmp_path / 'checkpoint-100', values, 'V2', global_step=100)
+    model = build_model('mobilenet_v1_0_25', 'bnneck', EMBEDDING_DIM, num_classes=5,
+                        pooling='gem')
+    report = load_tf1_checkpoint(model, path, logging.getLogger('test'))
+    backbone = sorted(name for name in values if name.startswith('MobilenetV1/'))
+    assert report['loaded'] == backbone
+    assert report['missing'] == sorted(['gem_pool/p', 'bnneck/fc/weights',
+                                        'bnneck/classifier/weights'] +
+                                       [f'bnneck/BatchNorm/{name}' for name in
+                                        ('gamma', 'beta', 'moving_mean', 'moving_variance')])
+    assert model.get_layer('gem_pool').p.numpy() == 3

@@ -268,3 +268,34 @@ def test_onnx_holds_the_constants_the_model_captures(tmp_path):
     assert [i.name for i in session.get_inputs()] == ['images']
     batch = np.random.default_rng(0).uniform(0, 255, (3, 4, 2, 3)).astype(np.float32)
     assert_close_float32(session.run(None, {'images': batch})[0], model(batch).numpy(), model)
+
+
+def test_bnneck_root_exports_embed_pys_features_without_the_classifier(tmp_path, images,
+                                                                       monkeypatch):
+    # A strong-baseline root: BNNeck with its classifier (ID loss), GeM, stored in args.json.
+    import tensorflow as tf
+    image_root, dataset, paths = images
+    root = tmp_path / 'bnneck'
+    settings = {'num_classes': 5, 'pooling': 'gem'}
+    keras.utils.set_random_seed(0)
+    model = build_model(NET, 'bnneck', DIM, **settings)
+    tf2_experiment(root, image_root, net=NET, head='bnneck', model=model, **settings)
+    monkeypatch.setitem(sys.modules, 'tf2onnx', None)  # the SavedModel is enough here
+    export.main(['--experiment_root', str(root), '--output', str(tmp_path / 'export'),
+                 '--quiet'])
+    want = embed_files(root, dataset, tmp_path / 'emb.h5')
+    # embed.py writes BN(f), the inference feature, not f.
+    features = features_of(paths)
+    out = model(features, training=False)
+    assert_close_float32(want, out['emb'].numpy(), model)
+    assert np.abs(want - out['train_emb'].numpy()).max() > 0.1
+    loaded = tf.saved_model.load(str(tmp_path / 'export' / 'saved_model'))
+    got = loaded.signatures['serve_features'](images=tf.constant(features))
+    assert set(got) == {'embeddings'}  # emb_raw is emb: nothing more to serve
+    assert_close_float32(got['embeddings'].numpy(), want, model)
+    stored = tf.train.list_variables(str(tmp_path / 'export' / 'saved_model' / 'variables' /
+                                         'variables'))
+    shapes = [tuple(shape) for _, shape in stored]
+    assert (128, DIM) in shapes and (DIM, 5) not in shapes, stored  # bnneck.fc, no classifier
+    trained = tf.train.list_variables(str(root / 'checkpoint-0'))
+    assert (DIM, 5) in [tuple(shape) for _, shape in trained]  # the classifier left out

@@ -97,7 +97,8 @@ def test_last_stride_one_keeps_16x8_at_256x128():
         images, last_stride=1))
     assert tuple(model.get_layer(block4).output.shape) == (None, 16, 8, 2048)
     # The same variables as the default net: its checkpoints still load.
-    assert [v.shape for v in model.weights] == [v.shape for v in default.weights]
+    assert [(v.path, v.shape) for v in model.weights] == [(v.path, v.shape)
+                                                          for v in default.weights]
     # Keras' layout strides elsewhere (the first unit of a block); one unit per block suffices.
     from nets import _resnet_v1
     for last_stride, size in ((2, (8, 4)), (1, (16, 8))):
