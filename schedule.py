@@ -37,3 +37,26 @@ def learning_rate(iteration: int, base: float, train_iterations: int, decay_star
     if iteration < warmup:
         rate *= WARMUP_START + (1 - WARMUP_START) * iteration / warmup
     return rate
+
+
+def steps_flag(text: str) -> str:
+    """The argparse type of --lr_steps: `a,b,...` increasing positive iterations, kept as text
+    (args.json stores it as given, and --resume checks it with this same function).
+
+    Raises:
+        argparse.ArgumentTypeError: not a comma-separated increasing list of positive integers.
+    """
+    import argparse
+    try:
+        steps = parse_steps(text)
+    except ValueError:
+        steps = ()
+    if not steps or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] <= 0:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a comma-separated list of increasing '
+                                         'positive iterations, e.g. 7440,13020')
+    return ','.join(map(str, steps))
+
+
+def parse_steps(text: str | None) -> tuple[int, ...]:
+    """The iterations of --lr_steps text `a,b,...` (None or empty: none)."""
+    return tuple(int(part) for part in text.split(',')) if text else ()

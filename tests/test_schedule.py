@@ -30,3 +30,13 @@ def test_warmup_and_steps_as_the_strong_baseline():
     assert learning_rate(5, 1.0, 100, 0, warmup=10) == pytest.approx(0.55 * 0.001 ** 0.05)
     with pytest.raises(ValueError, match='unknown schedule'):
         learning_rate(0, 1.0, 10, schedule='cosine')
+
+
+def test_steps_flag():
+    import argparse
+    from schedule import parse_steps, steps_flag
+    assert steps_flag('7440,13020') == '7440,13020' and steps_flag(' 5') == '5'
+    assert parse_steps('7440,13020') == (7440, 13020) and parse_steps(None) == ()
+    for bad in ('', '5,5', '9,3', '0,4', 'a,b', '1.5'):
+        with pytest.raises(argparse.ArgumentTypeError, match='increasing'):
+            steps_flag(bad)
