@@ -28,11 +28,10 @@ NET = ['--model_name', 'small_cnn', '--head_name', 'direct', '--embedding_dim', 
 LOSSES = ('batch_hard', 'batch_all')
 # The issue's bound on the gradients of 1 and 2 replicas, relative to the gradient's norm;
 # float32 rounding of this net's forward and backward pass is about 1e-6 (measured 2e-6 at
-# most per variable). After Adam steps the weights must agree within 1% of how far they moved.
+# most per variable). After 4 Adam steps the weights must agree within 0.5% of how far they
+# moved (synchronised batch norm computes its moments as precisely as the fused kernel).
 GRADIENT_TOLERANCE = 1e-5
-ADAM_TOLERANCE = 0.01
-# Synchronised batch norm: 2 replicas and one device within 0.5% of the update after 4 steps.
-SYNC_TOLERANCE = 0.005
+ADAM_TOLERANCE = 0.005
 
 
 # ----------------------------------------------------------------------------- the script
@@ -167,9 +166,8 @@ def compute_on_two_devices(task: str, out: Path, runs: Path, csv: Path) -> None:
     for loss_name in LOSSES:
         results.update({f'{loss_name}/{k}': v for k, v in
                         gradients_both_ways(single, split, loss_name, strategy).items()})
-    results.update({f'adam/{k}': v for k, v in adam_both_ways(single, split, strategy).items()})
-    single, split = twin_models(strategy, 'fc1024')  # the issue's case: P=4 K=2 at 128x64
-    results.update({f'adam_fc1024/{k}': v for k, v in
+    single, split = twin_models(strategy, 'fc1024')  # batch norm in the head too
+    results.update({f'adam/{k}': v for k, v in
                     adam_both_ways(single, split, strategy, 4, (128, 64)).items()})
     results.update({f'moments/{k}': v for k, v in moments_both_ways(strategy).items()})
     assert train_main('--experiment_root', runs / 'mirrored', *data, *NET, '--distribute',
@@ -247,21 +245,13 @@ def test_two_replicas_give_one_devices_losses_and_gradients(two_devices, loss_na
 
 @pytest.mark.slow  # shares the 2-device processes of `two_devices` (~50 s)
 def test_adam_steps_on_two_replicas_move_the_weights_alike(two_devices):
+    # small_cnn + fc1024 (batch norm in every layer), P=4 K=2 at 128x64, 4 Adam steps at lr
+    # 1e-4: measured 4.9e-5 of the update apart (the earlier one-pass moments: 5.1e-5 here,
+    # 3.8e-4 on images of pixel values 100-150, where the new moments give 3.5e-5).
     got = {k.split('/')[1]: v for k, v in two_devices[0].items() if k.startswith('adam/')}
     moved = np.linalg.norm(got['single'] - got['start'])
     assert moved > 0
     assert np.linalg.norm(got['split'] - got['single']) < ADAM_TOLERANCE * moved
-
-
-@pytest.mark.slow  # shares the 2-device processes of `two_devices` (~50 s)
-def test_synchronised_batch_norm_trains_as_one_device(two_devices):
-    # small_cnn + fc1024 (batch norm in every layer), P=4 K=2 at 128x64, 4 Adam steps at lr
-    # 1e-4: measured 4.9e-5 of the update apart (the earlier one-pass moments: 5.1e-5 here,
-    # 3.8e-4 on images of pixel values 100-150, where the new moments give 3.5e-5).
-    got = {k.split('/')[1]: v for k, v in two_devices[0].items() if k.startswith('adam_fc1024/')}
-    moved = np.linalg.norm(got['single'] - got['start'])
-    assert moved > 0
-    assert np.linalg.norm(got['split'] - got['single']) < SYNC_TOLERANCE * moved
 
 
 @pytest.mark.slow  # shares the 2-device processes of `two_devices` (~50 s)
