@@ -9,11 +9,15 @@ so that train.py reports flag mistakes before paying its import.
 import argparse
 import itertools
 import os
+import re
 import time
 
 import numpy as np
 
 import common
+
+# A MARS frame's identity, camera and tracklet number: the name up to `F` and the frame.
+MARS_TRACKLET = re.compile(r'(?:00-1|\d{4})C\d+T\d+(?=F\d+)')
 
 
 def add_flags(group) -> None:
@@ -24,6 +28,10 @@ def add_flags(group) -> None:
                        help='Images per identity in a batch (K), at least 2.')
     group.add_argument('--loading_threads', default=8, type=common.positive_int,
                        help='Images decoded in parallel.')
+    group.add_argument('--frames_per_tracklet', default=None, type=common.positive_int,
+                       help='Video datasets: at most this many of an identity\'s K images from '
+                            'one tracklet (MARS names, else one tracklet per folder), so that a '
+                            'batch sees an identity in several tracklets; default: any images.')
     group.add_argument('--flip_augment', action='store_true', default=False,
                        help='Flip training images horizontally at random.')
     group.add_argument('--crop_augment', action='store_true', default=False,
@@ -64,18 +72,23 @@ def find_undecodable(paths: np.ndarray, threads: int) -> list[str]:
     return list(paths[~decoded])
 
 
-def pk_batches(labels: np.ndarray, batch_p: int, batch_k: int, seed: int):
+def pk_batches(labels: np.ndarray, batch_p: int, batch_k: int, seed: int,
+               tracklets: np.ndarray | None = None, frames_per_tracklet: int | None = None):
     """Endless PK batches of dataset row indices.
 
     Each epoch shuffles the identities and cuts them into groups of P; the identities left
     over when P does not divide their number sit that epoch out (different ones every epoch,
     as in the 2017 code). Each identity gives K images: without replacement if it has >= K,
     otherwise all of its images equally often (concatenated shuffles), so repeats are balanced.
+    With `frames_per_tracklet` F, an identity's K images come from its tracklets in random
+    order, at most F from each, going round again only when every tracklet has given F.
 
     Args:
         labels: (N,) int identity label of every dataset row, in [0, number of identities).
         batch_p, batch_k: P and K.
         seed: the same seed gives the same batches.
+        tracklets: (N,) int tracklet label of every row (with frames_per_tracklet).
+        frames_per_tracklet: F, or None: any of an identity's images.
 
     Yields:
         (P*K,) int64 row indices, identity by identity (K consecutive rows share a label).
@@ -83,15 +96,53 @@ def pk_batches(labels: np.ndarray, batch_p: int, batch_k: int, seed: int):
     rng = np.random.default_rng(seed)
     order = np.argsort(labels, kind='stable')
     groups = np.split(order, np.cumsum(np.bincount(labels))[:-1])  # rows of each identity
+    if frames_per_tracklet:
+        groups = [split_by(rows, tracklets[rows]) for rows in groups]
     while True:
         identities = rng.permutation(len(groups))
         for start in range(0, len(groups) - batch_p + 1, batch_p):
             batch = []
             for identity in identities[start:start + batch_p]:
                 rows = groups[identity]
+                if frames_per_tracklet:
+                    batch.append(from_tracklets(rng, rows, batch_k, frames_per_tracklet))
+                    continue
                 shuffles = [rng.permutation(len(rows)) for _ in range(-(-batch_k // len(rows)))]
                 batch.append(rows[np.concatenate(shuffles)[:batch_k]])
             yield np.concatenate(batch).astype(np.int64)
+
+
+def split_by(rows: np.ndarray, keys: np.ndarray) -> list[np.ndarray]:
+    """`rows` grouped by their `keys` (one array per distinct key)."""
+    order = np.argsort(keys, kind='stable')
+    return np.split(rows[order], np.flatnonzero(np.diff(keys[order])) + 1)
+
+
+def from_tracklets(rng: np.random.Generator, tracklets: list[np.ndarray], count: int,
+                   per_tracklet: int) -> np.ndarray:
+    """`count` rows from `tracklets` (row arrays) visited in random order, at most
+    `per_tracklet` from each per round; each tracklet's frames in a shuffled order, a frame
+    again only after all of its tracklet's (so repeats are balanced, as without tracklets)."""
+    shuffled = [rng.permutation(rows) for rows in tracklets]
+    used = [0] * len(tracklets)
+    chosen = []
+    while len(chosen) < count:
+        for t in rng.permutation(len(tracklets)):
+            for _ in range(min(per_tracklet, len(shuffled[t]), count - len(chosen))):
+                chosen.append(shuffled[t][used[t] % len(shuffled[t])])
+                used[t] += 1
+            if len(chosen) == count:
+                break
+    return np.array(chosen, np.int64)
+
+
+def tracklet_labels(fids: np.ndarray) -> np.ndarray:
+    """(N,) int tracklet label of each training image: MARS names (`0001C1T0001F001.jpg`) by
+    identity, camera and tracklet number, any other name by its folder (DukeMTMC-VideoReID
+    and prepare.py tracklet_folders keep one tracklet per folder)."""
+    names = [os.path.dirname(fid) + '/' + (match[0] if (match := MARS_TRACKLET.match(
+        os.path.basename(fid))) else '') for fid in fids]
+    return np.unique(names, return_inverse=True)[1]
 
 
 def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
@@ -113,8 +164,12 @@ def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace
     mine = slice(worker * share, (worker + 1) * share)
     height, width = args.net_input_height, args.net_input_width
 
+    frames_per_tracklet = getattr(args, 'frames_per_tracklet', None)
+    tracklets = tracklet_labels(paths) if frames_per_tracklet else None
+
     def sampler():
-        yield from itertools.islice(pk_batches(labels, args.batch_p, args.batch_k, args.seed),
+        yield from itertools.islice(pk_batches(labels, args.batch_p, args.batch_k, args.seed,
+                                               tracklets, frames_per_tracklet),
                                     start_iteration, None)
 
     def my_rows():

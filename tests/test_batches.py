@@ -73,3 +73,59 @@ def test_dataset_batches_match_after_resume(dataset):
     images_0 = from_start[0][0].numpy()
     assert images_0.shape == (12, 32, 16, 3) and images_0.dtype == np.float32
     assert 0 <= images_0.min() and images_0.max() <= 255
+
+
+def test_frames_per_tracklet_spreads_an_identity_over_its_tracklets():
+    # Identity 0: 5 tracklets of 1, 2, 3, 6 and 9 frames; identity 1: 2 tracklets of 3 frames;
+    # identities 2 and 3: one tracklet each.
+    sizes = {0: [1, 2, 3, 6, 9], 1: [3, 3], 2: [4], 3: [7]}
+    labels = np.concatenate([np.full(sum(s), pid) for pid, s in sizes.items()])
+    tracklets = np.concatenate([np.repeat(np.arange(len(s)) + 10 * pid, s)
+                                for pid, s in sizes.items()])
+    order = np.random.default_rng(0).permutation(len(labels))  # rows in no particular order
+    labels, tracklets = labels[order], tracklets[order]
+    sampler = batches.pk_batches(labels, 4, 4, seed=2, tracklets=tracklets, frames_per_tracklet=1)
+    for _ in range(20):
+        groups = next(sampler).reshape(4, 4)
+        for rows in groups:
+            pid = labels[rows[0]]
+            assert np.all(labels[rows] == pid)
+            per_tracklet = np.unique(tracklets[rows], return_counts=True)[1]
+            if pid == 0:  # 5 tracklets for K=4: four different ones, each frame once
+                assert len(per_tracklet) == 4 and len(set(rows)) == 4
+            elif pid == 1:  # 2 tracklets: two rounds, 2 distinct frames of each
+                assert list(per_tracklet) == [2, 2]
+                assert len(set(rows)) == 4
+    # F=2: at most two frames of one tracklet
+    sampler = batches.pk_batches(labels, 4, 4, seed=2, tracklets=tracklets, frames_per_tracklet=2)
+    for _ in range(20):
+        for rows in next(sampler).reshape(4, 4):
+            if labels[rows[0]] == 0:
+                assert np.unique(tracklets[rows], return_counts=True)[1].max() <= 2
+
+
+def test_tracklet_labels_from_mars_names_else_folders():
+    fids = np.array(['bbox_train/0001/0001C1T0001F001.jpg', 'bbox_train/0001/0001C1T0001F002.jpg',
+                     'bbox_train/0001/0001C1T0002F001.jpg', 'bbox_train/0001/0001C2T0001F001.jpg',
+                     'train/0002/0007/0007_C1_F0001_X00001.jpg',
+                     'train/0002/0007/0007_C1_F0002_X00001.jpg',
+                     'train/0002/0008/0008_C1_F0001_X00001.jpg'])
+    labels = batches.tracklet_labels(fids)
+    assert labels[0] == labels[1] and labels[4] == labels[5]
+    assert len(set(labels[[0, 2, 3, 4, 6]])) == 5
+
+
+def test_the_pipeline_samples_by_tracklet_when_asked(dataset):
+    csv, images = dataset
+    pids, fids = common.load_dataset(csv)
+    labels = np.unique(pids, return_inverse=True)[1].astype(np.int32)
+    paths = np.array([str(images / fid) for fid in fids])
+    args = argparse.Namespace(batch_p=4, batch_k=3, seed=7, net_input_height=32,
+                              net_input_width=16, crop_augment=False, flip_augment=False,
+                              loading_threads=2, frames_per_tracklet=1)
+    # One folder: one tracklet per identity, so each round takes one frame of it.
+    sampler = batches.pk_batches(labels, 4, 3, 7, batches.tracklet_labels(paths), 1)
+    for (_, batch_labels, rows), want in zip(batches.make_dataset(paths, labels, args, 0).take(3),
+                                            sampler, strict=False):
+        np.testing.assert_array_equal(rows, want)
+        np.testing.assert_array_equal(batch_labels, labels[want])

@@ -309,7 +309,7 @@ printf '%s\\n' "$@" > "$ARGV_FILE"
 """
 
 
-@pytest.mark.parametrize('script', ['market1501_train.sh', 'duke_mtmc_train.sh'])
+@pytest.mark.parametrize('script', ['market1501_train.sh', 'duke_mtmc_train.sh', 'mars_train.sh'])
 def test_paper_scripts_set_trinet_flags_and_forward_the_rest(script, tmp_path):
     # What the script hands to train.py, parsed by train.py's own parser. (The README test runs
     # both scripts for real.)
