@@ -1,4 +1,5 @@
-"""Helpers that every script shares: errors, argument types, datasets, embeddings, logging, images.
+"""Helpers that every script shares: errors, argument types, datasets, embeddings,
+logging and stop signals, images.
 
 TensorFlow is imported only inside the functions that need it, so that evaluate.py (NumPy
 only) starts in a fraction of a second instead of paying TensorFlow's ~3.5 s import.
@@ -9,6 +10,7 @@ import csv
 import io
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from collections.abc import Callable, Iterator
@@ -304,6 +306,23 @@ def setup_logging(log_file: str | os.PathLike | None = None, quiet: bool = False
         handler.setFormatter(formatter)
         log.addHandler(handler)
     return log
+
+
+def stop_requests(log) -> list:
+    """Makes SIGINT / SIGTERM ask a loop to finish its iteration (train.py: save and exit 0).
+
+    Returns:
+        The list that each received signal is appended to: the loop stops when it is not empty.
+    """
+    stop = []
+
+    def request_stop(signum, frame):
+        if not stop:
+            log.info('%s received: stopping after this iteration', signal.Signals(signum).name)
+        stop.append(signum)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return stop
 
 
 # ----------------------------------------------------------------------------- images

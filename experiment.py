@@ -234,6 +234,14 @@ def model_options(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- the lock
 # flock, not a file created with O_EXCL: the kernel releases it when its process dies, even
 # by SIGKILL, so a lock that a killed run left behind is never mistaken for a live run.
+def check_empty(root: Path) -> None:
+    """Refuses a fresh run in a root that holds anything but a lock file."""
+    if root.exists() and (not root.is_dir() or any(
+            p.name != LOCK_FILE for p in root.iterdir())):
+        raise common.InputError(f'--experiment_root {root} is not empty; pass --resume to '
+                                'continue that run, or choose a new folder')
+
+
 def _try_lock(f, root: Path) -> None:
     """Locks the open lock file `f`, or raises InputError naming the run that holds it."""
     try:
@@ -394,20 +402,26 @@ def first_line(error: Exception) -> str:
     return message.strip().splitlines()[0] if message.strip() else type(error).__name__
 
 
-def training_checkpoint(root: Path, model, optimizer, keep: int = 0):
-    """The step counter and the checkpoint manager of a training run in `root`.
+def training_checkpoint(root: Path, model, optimizer, keep: int = 0, log=None):
+    """The step counter and the checkpoint manager of a training run in `root`, after removing
+    the partial checkpoint of a run killed while saving (remove_partial_checkpoints).
 
     Args:
-        root: the experiment root.
+        root: the experiment root, locked by the caller.
         model, optimizer: saved with the step.
         keep: how many of the latest checkpoints the manager keeps, deleting older ones as it
             saves new ones; 0 keeps all (the 2017 code's Saver had max_to_keep=0).
+        log: a logger to report removed files to.
 
     Returns:
         (step, manager): `step` a tf.Variable (int64, iterations done) saved with the model
         and the optimizer; `manager` saves `checkpoint-<step>` files.
     """
     import tensorflow as tf
+    removed = remove_partial_checkpoints(root)
+    if removed and log:
+        log.warning('removed %s: the partial checkpoint of a run killed while saving',
+                    ', '.join(removed))
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = tf.train.Checkpoint(step=step, model=model, optimizer=optimizer)
     # The manager writes the `checkpoint` state file only after the data files are complete,
@@ -434,6 +448,35 @@ def remove_partial_checkpoints(root: Path) -> list[str]:
         else:
             path.unlink(missing_ok=True)
     return sorted(path.name for path in partial)
+
+
+def save_checkpoint(manager, done: int, flush=None) -> None:
+    """Saves `checkpoint-<done>` with the manager of training_checkpoint.
+
+    Args:
+        flush: called first, if given: writes the logs that belong with the checkpoint (a
+            failure there is one to save as well).
+
+    Raises:
+        common.InputError: the checkpoint cannot be written (a full disk, a file size limit):
+            its partial files are removed and the latest checkpoint stays the previous one.
+    """
+    import tensorflow as tf
+    previous = manager.latest_checkpoint
+    try:
+        if flush is not None:
+            flush()
+        manager.save(checkpoint_number=done)
+    except (tf.errors.OpError, OSError) as e:
+        prefix = Path(manager.directory) / f'{CHECKPOINT_NAME}-{done}'
+        for partial in prefix.parent.glob(f'{prefix.name}[._]*'):
+            if partial.is_dir():  # TensorFlow's temporary folder of the shards
+                shutil.rmtree(partial)
+            else:
+                partial.unlink(missing_ok=True)
+        message = getattr(e, 'message', None) or getattr(e, 'strerror', None) or str(e)
+        raise common.InputError(f'cannot save {prefix}: {message.strip().splitlines()[0]}; the '
+                                f'latest checkpoint is still {previous}') from None
 
 
 def restore_training(manager, description: str, root: Path | None = None) -> str | None:

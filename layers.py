@@ -93,24 +93,32 @@ class BatchNorm(keras.layers.Layer):
 
     def _global_moments(self, x):
         """Mean (C,) and biased variance (C,) of `x` (B, H, W, C) over every replica's batch,
-        and the number of values per channel, with one all-reduce of per-channel sums.
+        and the number of values per channel.
 
-        The sums are of x minus the moving mean (the same on every replica), so that
-        E[x^2] - E[x]^2 does not cancel catastrophically once the moving mean is near the
-        batch's. The all-reduce's gradient is an all-reduce of the gradients, which makes
-        the backward pass that of batch norm over the whole batch.
+        Each replica computes its count, mean and centred sum of squares in float32 (two
+        passes, as precise as the fused kernel); one all-reduce gathers them and every
+        replica combines them with Chan, Golub and LeVeque's parallel formula (1979):
+        M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2. Sums of x and x^2 instead lose the
+        variance to cancellation when the mean is large against the spread (E[x^2] - E[x]^2).
+        The all-reduce's gradient is an all-reduce of the gradients, which makes the
+        backward pass that of batch norm over the whole batch.
         """
-        shift = tf.stop_gradient(tf.convert_to_tensor(self.moving_mean))
-        centred = tf.cast(x, tf.float32) - shift  # moments in float32 whatever the policy
+        context = tf.distribute.get_replica_context()
+        x = tf.cast(x, tf.float32)  # moments in float32 whatever the policy
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
-        sums = tf.concat([tf.reduce_sum(centred, axis=[0, 1, 2]),
-                          tf.reduce_sum(tf.square(centred), axis=[0, 1, 2]), count[None]], 0)
-        sums = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, sums)
+        mean = tf.reduce_mean(x, axis=[0, 1, 2])
+        m2 = tf.reduce_sum(tf.square(x - mean), axis=[0, 1, 2])
+        own = tf.concat([count[None], mean, m2], 0)  # (1 + 2C,)
+        # A gather as an all-reduce of a (replicas, 1 + 2C) tensor, zero but for this
+        # replica's row: all_gather fails under MultiWorkerMirroredStrategy (see replicas.py).
+        slot = tf.one_hot(context.replica_id_in_sync_group, context.num_replicas_in_sync)
+        parts = context.all_reduce(tf.distribute.ReduceOp.SUM, slot[:, None] * own[None])
         channels = x.shape[-1]
-        total = sums[-1]
-        centred_mean = sums[:channels] / total
-        variance = tf.maximum(sums[channels:2 * channels] / total - tf.square(centred_mean), 0.0)
-        return centred_mean + shift, variance, total
+        counts, means, m2s = parts[:, :1], parts[:, 1:1 + channels], parts[:, 1 + channels:]
+        total = tf.reduce_sum(counts)
+        mean = tf.reduce_sum(counts * means, axis=0) / total
+        m2 = tf.reduce_sum(m2s, axis=0) + tf.reduce_sum(counts * tf.square(means - mean), axis=0)
+        return mean, m2 / total, total
 
     def compute_output_shape(self, input_shape):
         return input_shape

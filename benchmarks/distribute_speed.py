@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402  (needs the path above)
 from _bench import describe  # noqa: E402
 from model import build_model, plugin_names  # noqa: E402
-import train  # noqa: E402
+import replicas  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 parser.add_argument('--model_name', default='resnet_v1_50', choices=plugin_names('nets'),
@@ -45,7 +45,7 @@ def main():
         cpu = tf.config.list_physical_devices('CPU')[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
-    strategy = train.make_strategy(argparse.Namespace(distribute='mirrored'), [])
+    strategy = replicas.make_strategy(argparse.Namespace(distribute='mirrored'), [])
     batch = args.batch_p * args.batch_k
     if batch % strategy.num_replicas_in_sync:
         raise common.InputError(f'P x K = {batch} does not split over '
@@ -65,7 +65,7 @@ def main():
                     layer.synchronized = sync
             optimizer = keras.optimizers.Adam(learning_rate=3e-4, epsilon=1e-8)
             optimizer.build(model.trainable_variables)
-        steps[name] = train.make_train_step(model, optimizer, 'batch_hard', 'soft', 'euclidean',
+        steps[name] = replicas.make_train_step(model, optimizer, 'batch_hard', 'soft', 'euclidean',
                                             strategy=under)
     times = {name: [] for name in steps}
     for step in steps.values():

@@ -1,6 +1,6 @@
 """Images/s of train.py's training step, and of its input pipeline, in one run each.
 
-Default: train.make_train_step (batch-hard loss, soft margin, Adam with epsilon 1e-8) on the
+Default: replicas.make_train_step (batch-hard loss, soft margin, Adam with epsilon 1e-8) on the
 same batch of P x K random images for two models. "ours" is
 model.build_model('resnet_v1_50', 'fc1024'): slim's ResNet layout with the fused batch
 norm. "plain" is keras.applications.ResNet50(weights=None, include_top=False,
@@ -12,7 +12,7 @@ processes hits both alike; the median step time of each is used.
 --head_name) in float32 against the same model built under that mixed-precision policy, as
 train.py --mixed_precision builds it (float16 with its loss scaling), alternating in the same way.
 
---input_only times train.make_dataset alone, the pipeline train.py feeds the step with (decode
+--input_only times batches.make_dataset alone, the pipeline train.py feeds the step with (decode
 JPEG, resize to the pre-crop size, random crop, random flip, PK batches), on JPEG files of
 Market-1501's size (128x64) that it writes to a temporary folder, and reports images/s and
 images per CPU-second: what one core delivers, and so how many cores a GPU at a given speed needs.
@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402  (needs the path above)
 from model import PRECISIONS, build_model, plugin_names  # noqa: E402
 from _bench import describe, write_jpegs  # noqa: E402
-import train  # noqa: E402
+import batches  # noqa: E402
+import replicas  # noqa: E402
 
 # Training throughputs to size the input pipeline for: fast-reid's reported ~258 images/s on one
 # GPU, and this project's goal for one H100 (the TriNet schedule in under 15 minutes).
@@ -119,7 +120,7 @@ def time_steps(args) -> None:
         if index == 1 and args.mixed_precision == 'float16':  # as train.py does
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
-        steps[name] = train.make_train_step(model, optimizer, 'batch_hard', 'soft', 'euclidean',
+        steps[name] = replicas.make_train_step(model, optimizer, 'batch_hard', 'soft', 'euclidean',
                                             jit=args.jit)
     times = {name: [] for name in steps}
     for name, step in steps.items():
@@ -149,7 +150,7 @@ def time_steps(args) -> None:
 
 
 def time_input(args) -> None:
-    """Times train.make_dataset on JPEG files and prints images/s and images per CPU-second."""
+    """Times batches.make_dataset on JPEG files and prints images/s and images per CPU-second."""
     import numpy as np
     cores = len(os.sched_getaffinity(0))
     batch = args.batch_p * args.batch_k
@@ -165,12 +166,12 @@ def time_input(args) -> None:
         paths = np.array(write_jpegs(Path(folder), identities * 2 * args.batch_k,
                                      args.jpeg_height, args.jpeg_width))
         labels = np.arange(len(paths), dtype=np.int32) % identities
-        batches = iter(train.make_dataset(paths, labels, settings, 0))
+        stream = iter(batches.make_dataset(paths, labels, settings, 0))
         for _ in range(3):  # warm-up: tracing, thread pools, the first prefetches
-            next(batches)
+            next(stream)
         start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(args.batches):
-            images, _, _ = next(batches)
+            images, _, _ = next(stream)
         seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     assert images.shape == (batch, args.height, args.width, 3), images.shape
     count = args.batches * batch

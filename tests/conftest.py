@@ -76,6 +76,34 @@ def write_smooth_images(root: Path, fids: list[str], sizes: list[tuple[int, int]
         assert cv2.imwrite(str(root / fid), pixels[..., 0] if fid.endswith('grey.png') else pixels)
 
 
+def write_dataset(root, n_ids, per_id, noise, seed=0, size=(64, 32)):
+    """Identities as two random colours (top and bottom half) plus pixel noise; returns the CSV.
+
+    Identity 0 has only 2 images (fewer than K) and one image is a greyscale PNG.
+    """
+    import cv2
+    rng = np.random.default_rng(seed)
+    (root / 'images').mkdir(parents=True, exist_ok=True)
+    lines = []
+    for pid in range(n_ids):
+        top, bottom = rng.integers(0, 256, (2, 3))
+        for index in range(2 if pid == 0 else per_id):
+            image = np.empty((*size, 3))
+            image[:size[0] // 2], image[size[0] // 2:] = top, bottom
+            image = np.clip(image + rng.normal(0, noise, image.shape), 0, 255).astype(np.uint8)
+            fid = f'images/{pid:04d}_c{index % 3 + 1}s1_{index:06d}.jpg'
+            if pid == 1 and index == 0:
+                fid = fid.replace('.jpg', '.png')
+                image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+            else:
+                image = image[..., ::-1]  # OpenCV writes BGR
+            assert cv2.imwrite(str(root / fid), image)
+            lines.append(f'person{pid},{fid}')
+    csv = root / 'train.csv'
+    csv.write_text('\n'.join(lines) + '\n')
+    return csv
+
+
 def randomize(model, seed: int, size: tuple[int, int] = TINY_NET_SIZE) -> None:
     """Weights as after training: each image gets its own embedding, and a checkpoint not loaded
     shows.
@@ -249,7 +277,7 @@ def write_tf1_checkpoint():
 # with these keeps both workers busy to the end instead of one running the README's commands
 # alone.
 LONGEST_FILES = ('test_readme.py', 'test_train.py', 'test_demo.py', 'test_benchmarks.py',
-                 'test_distribute.py', 'test_fuzz.py', 'test_mixed_precision.py')
+                 'test_replicas.py', 'test_fuzz.py', 'test_mixed_precision.py')
 
 
 def pytest_collection_modifyitems(items) -> None:

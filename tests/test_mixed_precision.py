@@ -19,6 +19,7 @@ import embed
 import evaluate
 import layers
 import model
+import reporting
 import train
 from conftest import ROOT
 from excluders import market1501
@@ -126,9 +127,9 @@ def test_embed_refuses_an_unknown_stored_precision(tmp_path):
 def train_here(argv: list[str], stop_after: int | None = None) -> None:
     """train.main() in this process (no TensorFlow start-up); with `stop_after`, a SIGINT
     arrives once that many iterations are done, as Ctrl+C would."""
-    report = train.Reporter.__call__
+    report = reporting.Reporter.__call__
 
-    def reporting(self, iteration, *args):
+    def report_then_stop(self, iteration, *args):
         report(self, iteration, *args)
         if iteration + 1 == stop_after:
             signal.raise_signal(signal.SIGINT)
@@ -136,7 +137,7 @@ def train_here(argv: list[str], stop_after: int | None = None) -> None:
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, 'argv', ['train.py', *map(str, argv)])
-        patch.setattr(train.Reporter, '__call__', reporting)
+        patch.setattr(reporting.Reporter, '__call__', report_then_stop)
         try:
             assert train.main() == 0
         finally:

@@ -1,6 +1,5 @@
-"""train.py: PK sampling, learning rate, the input pipeline, and the CLI run as a real subprocess
+"""train.py: the learning rate, and the CLI run as a real subprocess
 (args.json, checkpoints, logs, refusals, bad data, SIGINT/SIGTERM then --resume, learning)."""
-import argparse
 import itertools
 import json
 import os
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import cv2
 import keras
 import numpy as np
 import pytest
@@ -21,8 +19,9 @@ import common
 import experiment
 from model import build_model, slim_name
 import loss
+import reporting
 import train
-from conftest import ROOT, file_size_limit, run_read_only
+from conftest import ROOT, file_size_limit, run_read_only, write_dataset
 
 TINY = ['--model_name', 'mobilenet_v1_0_25', '--head_name', 'direct', '--embedding_dim', '8',
         '--batch_p', '4', '--batch_k', '3', '--net_input_height', '32', '--net_input_width', '16',
@@ -33,33 +32,6 @@ RUN = ['--train_iterations', '20', '--decay_start_iteration', '15', '--checkpoin
 
 
 # ----------------------------------------------------------------------------- helpers
-def write_dataset(root, n_ids, per_id, noise, seed=0, size=(64, 32)):
-    """Identities as two random colours (top and bottom half) plus pixel noise; returns the CSV.
-
-    Identity 0 has only 2 images (fewer than K) and one image is a greyscale PNG.
-    """
-    rng = np.random.default_rng(seed)
-    (root / 'images').mkdir(parents=True, exist_ok=True)
-    lines = []
-    for pid in range(n_ids):
-        top, bottom = rng.integers(0, 256, (2, 3))
-        for index in range(2 if pid == 0 else per_id):
-            image = np.empty((*size, 3))
-            image[:size[0] // 2], image[size[0] // 2:] = top, bottom
-            image = np.clip(image + rng.normal(0, noise, image.shape), 0, 255).astype(np.uint8)
-            fid = f'images/{pid:04d}_c{index % 3 + 1}s1_{index:06d}.jpg'
-            if pid == 1 and index == 0:
-                fid = fid.replace('.jpg', '.png')
-                image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-            else:
-                image = image[..., ::-1]  # OpenCV writes BGR
-            assert cv2.imwrite(str(root / fid), image)
-            lines.append(f'person{pid},{fid}')
-    csv = root / 'train.csv'
-    csv.write_text('\n'.join(lines) + '\n')
-    return csv
-
-
 def run_train(*flags, timeout=240):
     return subprocess.run([sys.executable, str(ROOT / 'train.py'), *map(str, flags)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
@@ -122,47 +94,6 @@ def full_run(dataset, slim_backbone, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- units
-def test_pk_batches_composition():
-    counts = [1, 2, 3, 4, 5, 9, 4, 6, 2, 7, 8]  # identities with fewer, as many, more than K
-    labels = np.repeat(np.arange(len(counts)), counts)
-    rng = np.random.default_rng(0)
-    labels = labels[rng.permutation(len(labels))]
-    p, k = 3, 4
-    per_epoch = len(counts) // p
-    batches = train.pk_batches(labels, p, k, seed=1)
-    uses = np.zeros(len(labels), int)
-    for epoch in range(4):
-        seen = []
-        for _ in range(per_epoch):
-            rows = next(batches)
-            assert rows.shape == (p * k,)
-            groups = labels[rows].reshape(p, k)
-            assert np.all(groups == groups[:, :1])  # K consecutive rows per identity
-            assert len(set(groups[:, 0])) == p
-            seen += list(groups[:, 0])
-            for group in rows.reshape(p, k):
-                n = counts[labels[group[0]]]
-                used = np.bincount(group, minlength=len(labels))[group]
-                if n >= k:
-                    assert len(set(group)) == k  # without replacement
-                else:
-                    assert len(set(group)) == n  # every image, equally often
-                    assert used.max() - used.min() <= 1
-                uses[group] += 1
-        assert len(seen) == len(set(seen)), f'identity repeated within epoch {epoch}'
-    assert np.all(uses[np.isin(labels, np.flatnonzero(np.array(counts) < k))] > 0)
-
-
-def test_pk_batches_are_deterministic_per_seed():
-    labels = np.repeat(np.arange(10), 5)
-
-    def first(seed):
-        batches = train.pk_batches(labels, 4, 3, seed)
-        return np.stack([next(batches) for _ in range(6)])
-    np.testing.assert_array_equal(first(3), first(3))
-    assert not np.array_equal(first(3), first(4))
-
-
 def test_learning_rate_schedule():
     base, start, total = 3e-4, 150, 250
     rates = np.array([train.learning_rate(i, base, start, total) for i in range(total + 1)])
@@ -177,31 +108,6 @@ def test_learning_rate_schedule():
 def test_given_flags():
     assert experiment.given_flags(['--resume', '--batch_p=3', '--seed', '4', 'x']) == {
         'resume', 'batch_p', 'seed'}
-
-
-def test_collapse_detector():
-    assert train.collapsed(np.full(8, np.log(2)) + 1e-4, 'soft')
-    assert not train.collapsed(np.full(8, np.log(2)), 0.2)
-    assert not train.collapsed(np.array([0.69, 0.9]), 'soft')
-
-
-def test_dataset_batches_match_after_resume(dataset):
-    csv, images = dataset
-    pids, fids = common.load_dataset(csv)
-    labels = np.unique(pids, return_inverse=True)[1].astype(np.int32)
-    paths = np.array([str(images / fid) for fid in fids])
-    args = argparse.Namespace(batch_p=4, batch_k=3, seed=7, net_input_height=32,
-                              net_input_width=16, pre_crop_height=40, pre_crop_width=20,
-                              crop_augment=True, flip_augment=True, loading_threads=2)
-    from_start = list(train.make_dataset(paths, labels, args, 0).take(5))
-    resumed = list(train.make_dataset(paths, labels, args, 3).take(2))
-    for (im_a, lab_a, rows_a), (im_b, _, rows_b) in zip(from_start[3:], resumed, strict=True):
-        np.testing.assert_array_equal(rows_a, rows_b)
-        np.testing.assert_array_equal(im_a, im_b)
-        np.testing.assert_array_equal(lab_a, labels[rows_a.numpy()])
-    images_0 = from_start[0][0].numpy()
-    assert images_0.shape == (12, 32, 16, 3) and images_0.dtype == np.float32
-    assert 0 <= images_0.min() and images_0.max() <= 255
 
 
 def test_keep_checkpoints_prunes_the_oldest_also_in_a_resumed_run(tmp_path):
@@ -403,7 +309,7 @@ printf '%s\\n' "$@" > "$ARGV_FILE"
 """
 
 
-@pytest.mark.parametrize('script', ['market1501_train.sh', 'duke_mtmc_train.sh'])
+@pytest.mark.parametrize('script', ['market1501_train.sh', 'duke_mtmc_train.sh', 'mars_train.sh'])
 def test_paper_scripts_set_trinet_flags_and_forward_the_rest(script, tmp_path):
     # What the script hands to train.py, parsed by train.py's own parser. (The README test runs
     # both scripts for real.)
@@ -443,7 +349,7 @@ def test_paper_scripts_set_trinet_flags_and_forward_the_rest(script, tmp_path):
 def test_collapse_warning(monkeypatch, tmp_path, dataset):
     # An absurd learning rate collapses the embedding at once: the soft-margin loss sits at ln 2.
     csv, images = dataset
-    monkeypatch.setattr(train, 'COLLAPSE_ITERATIONS', 5)
+    monkeypatch.setattr(reporting, 'COLLAPSE_ITERATIONS', 5)
     flags = [flag if flag != '1e-3' else '1e30' for flag in TINY]
     assert train_in_process(monkeypatch, '--train_set', csv, '--image_root', images,
                             '--experiment_root', tmp_path / 'run', *flags,

@@ -1,0 +1,204 @@
+"""Where training batches are made: the PK sampler and the tf.data input pipeline.
+
+A batch holds P identities with K images each (PK sampling, as in the paper). The sampler is
+plain NumPy and seeded, so that a resumed run replays it to the iteration it stopped at; the
+pipeline decodes, resizes, crops and flips the images on tf.data's threads, each image's
+randomness seeded by its position in the stream. TensorFlow is imported inside the functions,
+so that train.py reports flag mistakes before paying its import.
+"""
+import argparse
+import itertools
+import os
+import re
+import time
+
+import numpy as np
+
+import common
+
+# A MARS frame's identity, camera and tracklet number: the name up to `F` and the frame.
+MARS_TRACKLET = re.compile(r'(?:00-1|\d{4})C\d+T\d+(?=F\d+)')
+
+
+def add_flags(group) -> None:
+    """Adds train.py's flags of PK sampling, loading and augmentation to an argparse group."""
+    group.add_argument('--batch_p', default=32, type=common.positive_int,
+                       help='Identities per batch (P), at least 2.')
+    group.add_argument('--batch_k', default=4, type=common.positive_int,
+                       help='Images per identity in a batch (K), at least 2.')
+    group.add_argument('--loading_threads', default=8, type=common.positive_int,
+                       help='Images decoded in parallel.')
+    group.add_argument('--frames_per_tracklet', default=None, type=common.positive_int,
+                       help='Video datasets: at most this many of an identity\'s K images from '
+                            'one tracklet (MARS names, else one tracklet per folder), so that a '
+                            'batch sees an identity in several tracklets; default: any images.')
+    group.add_argument('--flip_augment', action='store_true', default=False,
+                       help='Flip training images horizontally at random.')
+    group.add_argument('--crop_augment', action='store_true', default=False,
+                       help='Resize to the pre-crop size, then crop the net input size at random.')
+
+
+def load_training_data(args: argparse.Namespace):
+    """Reads and checks the training set: every image exists and decodes, P identities at least.
+
+    Returns:
+        (fids, paths, labels, seconds): fids (N,) as in the CSV, paths (N,) under
+        --image_root, labels (N,) int32 identity numbers in [0, number of identities), and
+        the seconds the decoding check took.
+    """
+    pids, fids = common.load_dataset(args.train_set, args.image_root, check_files=True)
+    paths = np.array([os.path.join(args.image_root, fid) for fid in fids])
+    unique_pids, labels = np.unique(pids, return_inverse=True)
+    if len(unique_pids) < args.batch_p:
+        raise common.InputError(f'{args.train_set} has {len(unique_pids)} identities, fewer '
+                                f'than --batch_p {args.batch_p}')
+    started = time.time()
+    bad = find_undecodable(paths, args.loading_threads)
+    if bad:
+        raise common.InputError(f'{len(bad)} images of {args.train_set} cannot be decoded, '
+                                f'e.g. {", ".join(bad[:3])}')
+    return fids, paths, labels.astype(np.int32), time.time() - started
+
+
+def find_undecodable(paths: np.ndarray, threads: int) -> list[str]:
+    """The paths that TensorFlow cannot decode as an image, found with a parallel pass."""
+    import tensorflow as tf
+    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
+    dataset = dataset.map(lambda row, path: (row, tf.shape(common.read_image(path))),
+                          num_parallel_calls=threads).ignore_errors()
+    decoded = np.zeros(len(paths), bool)
+    for rows, shapes in dataset.batch(4096).as_numpy_iterator():
+        decoded[rows[(shapes[:, 0] > 0) & (shapes[:, 1] > 0)]] = True
+    return list(paths[~decoded])
+
+
+def pk_batches(labels: np.ndarray, batch_p: int, batch_k: int, seed: int,
+               tracklets: np.ndarray | None = None, frames_per_tracklet: int | None = None):
+    """Endless PK batches of dataset row indices.
+
+    Each epoch shuffles the identities and cuts them into groups of P; the identities left
+    over when P does not divide their number sit that epoch out (different ones every epoch,
+    as in the 2017 code). Each identity gives K images: without replacement if it has >= K,
+    otherwise all of its images equally often (concatenated shuffles), so repeats are balanced.
+    With `frames_per_tracklet` F, an identity's K images come from its tracklets in random
+    order, at most F from each, going round again only when every tracklet has given F.
+
+    Args:
+        labels: (N,) int identity label of every dataset row, in [0, number of identities).
+        batch_p, batch_k: P and K.
+        seed: the same seed gives the same batches.
+        tracklets: (N,) int tracklet label of every row (with frames_per_tracklet).
+        frames_per_tracklet: F, or None: any of an identity's images.
+
+    Yields:
+        (P*K,) int64 row indices, identity by identity (K consecutive rows share a label).
+    """
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind='stable')
+    groups = np.split(order, np.cumsum(np.bincount(labels))[:-1])  # rows of each identity
+    if frames_per_tracklet:
+        groups = [split_by(rows, tracklets[rows]) for rows in groups]
+    while True:
+        identities = rng.permutation(len(groups))
+        for start in range(0, len(groups) - batch_p + 1, batch_p):
+            batch = []
+            for identity in identities[start:start + batch_p]:
+                rows = groups[identity]
+                if frames_per_tracklet:
+                    batch.append(from_tracklets(rng, rows, batch_k, frames_per_tracklet))
+                    continue
+                shuffles = [rng.permutation(len(rows)) for _ in range(-(-batch_k // len(rows)))]
+                batch.append(rows[np.concatenate(shuffles)[:batch_k]])
+            yield np.concatenate(batch).astype(np.int64)
+
+
+def split_by(rows: np.ndarray, keys: np.ndarray) -> list[np.ndarray]:
+    """`rows` grouped by their `keys` (one array per distinct key)."""
+    order = np.argsort(keys, kind='stable')
+    return np.split(rows[order], np.flatnonzero(np.diff(keys[order])) + 1)
+
+
+def from_tracklets(rng: np.random.Generator, tracklets: list[np.ndarray], count: int,
+                   per_tracklet: int) -> np.ndarray:
+    """`count` rows from `tracklets` (row arrays) visited in random order, at most
+    `per_tracklet` from each per round; each tracklet's frames in a shuffled order, a frame
+    again only after all of its tracklet's (so repeats are balanced, as without tracklets)."""
+    shuffled = [rng.permutation(rows) for rows in tracklets]
+    used = [0] * len(tracklets)
+    chosen = []
+    while len(chosen) < count:
+        for t in rng.permutation(len(tracklets)):
+            for _ in range(min(per_tracklet, len(shuffled[t]), count - len(chosen))):
+                chosen.append(shuffled[t][used[t] % len(shuffled[t])])
+                used[t] += 1
+            if len(chosen) == count:
+                break
+    return np.array(chosen, np.int64)
+
+
+def tracklet_labels(fids: np.ndarray) -> np.ndarray:
+    """(N,) int tracklet label of each training image: MARS names (`0001C1T0001F001.jpg`) by
+    identity, camera and tracklet number, any other name by its folder (DukeMTMC-VideoReID
+    and prepare.py tracklet_folders keep one tracklet per folder)."""
+    names = [os.path.dirname(fid) + '/' + (match[0] if (match := MARS_TRACKLET.match(
+        os.path.basename(fid))) else '') for fid in fids]
+    return np.unique(names, return_inverse=True)[1]
+
+
+def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
+                 start_iteration: int, worker: int = 0, workers: int = 1):
+    """The training batches from `start_iteration` on, as a tf.data.Dataset.
+
+    Batch i is the same whether the run started at 0 or was resumed at i, sampling and
+    augmentation alike: the sampler is replayed up to i, and each image's random crop and
+    flip are seeded by its position in the stream. With several workers each loads only its
+    part of every batch (the worker'th of `workers` equal consecutive parts).
+
+    Returns:
+        Dataset of (images (b, H, W, 3) float32 in [0, 255], labels (b,) int32, rows (B,)
+        int64: the whole batch's), B = P*K, b = B / workers, H and W the net input size.
+    """
+    import tensorflow as tf
+    size = args.batch_p * args.batch_k
+    share = size // workers
+    mine = slice(worker * share, (worker + 1) * share)
+    height, width = args.net_input_height, args.net_input_width
+
+    frames_per_tracklet = getattr(args, 'frames_per_tracklet', None)
+    tracklets = tracklet_labels(paths) if frames_per_tracklet else None
+
+    def sampler():
+        yield from itertools.islice(pk_batches(labels, args.batch_p, args.batch_k, args.seed,
+                                               tracklets, frames_per_tracklet),
+                                    start_iteration, None)
+
+    def my_rows():
+        for rows in sampler():
+            yield rows[mine]
+
+    paths_t, labels_t = tf.constant(paths), tf.constant(labels, tf.int32)
+
+    def load(position, row):
+        image = common.read_image(paths_t[row])
+        crop_seed = tf.stack([tf.constant(args.seed, tf.int64), 2 * position])
+        flip_seed = crop_seed + tf.constant([0, 1], tf.int64)
+        if args.crop_augment:
+            image = common.resize_image(image, args.pre_crop_height, args.pre_crop_width)
+            image = tf.image.stateless_random_crop(image, (height, width, 3), crop_seed)
+        else:
+            image = common.resize_image(image, height, width)
+        if args.flip_augment:
+            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        return image, labels_t[row], row
+
+    def load_mine(count, row):  # count: of this worker's images; position: in the stream
+        return load(count // share * size + worker * share + count % share, row)
+
+    dataset = tf.data.Dataset.from_generator(
+        my_rows, output_signature=tf.TensorSpec((share,), tf.int64))
+    dataset = dataset.unbatch().enumerate(start=start_iteration * share)
+    dataset = dataset.map(load_mine, num_parallel_calls=args.loading_threads)  # keeps the order
+    whole = tf.data.Dataset.from_generator(
+        sampler, output_signature=tf.TensorSpec((size,), tf.int64))
+    dataset = tf.data.Dataset.zip(dataset.batch(share), whole)
+    return dataset.map(lambda mine, rows: (*mine[:2], rows)).prefetch(2)
