@@ -2,9 +2,9 @@
 
 A batch holds P identities with K images each (PK sampling, as in the paper). The sampler is
 plain NumPy and seeded, so that a resumed run replays it to the iteration it stopped at; the
-pipeline decodes, resizes, crops and flips the images on tf.data's threads, each image's
-randomness seeded by its position in the stream. TensorFlow is imported inside the functions,
-so that train.py reports flag mistakes before paying its import.
+pipeline decodes, resizes, crops, flips, pads-and-crops and erases the images on tf.data's
+threads, each image's randomness seeded by its position in the stream. TensorFlow is imported
+inside the functions, so that train.py reports flag mistakes before paying its import.
 """
 import argparse
 import itertools
@@ -15,6 +15,13 @@ import time
 import numpy as np
 
 import common
+
+# ImageNet's mean colour (0.485, 0.456, 0.406) in [0, 255] RGB: what erased pixels become, so
+# that after the net's mean subtraction they are about 0 (Zhong et al.'s choice).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+ERASING_AREA = (0.02, 0.4)  # of the image, as Zhong et al. and Luo et al.
+ERASING_ASPECT = (0.3, 1 / 0.3)  # height / width of the erased rectangle
+ERASING_ATTEMPTS = 100
 
 # A MARS frame's identity, camera and tracklet number: the name up to `F` and the frame.
 MARS_TRACKLET = re.compile(r'(?:00-1|\d{4})C\d+T\d+(?=F\d+)')
@@ -36,6 +43,13 @@ def add_flags(group) -> None:
                        help='Flip training images horizontally at random.')
     group.add_argument('--crop_augment', action='store_true', default=False,
                        help='Resize to the pre-crop size, then crop the net input size at random.')
+    group.add_argument('--pad_crop', default=0, type=common.nonnegative_int, metavar='PIXELS',
+                       help='After crop and flip: pad this many black pixels on every side and '
+                            'crop back at random (the strong baseline: 10); 0: off.')
+    group.add_argument('--random_erasing', default=0.0, type=common.float_in(0, 1),
+                       metavar='P', help='Random erasing (Zhong et al.) of a share P of the '
+                       'images, last: a rectangle of 2-40%% of the image, aspect 0.3-3.33, in '
+                       'the ImageNet mean colour (the strong baseline: 0.5); 0: off.')
 
 
 def load_training_data(args: argparse.Namespace):
@@ -150,9 +164,9 @@ def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace
     """The training batches from `start_iteration` on, as a tf.data.Dataset.
 
     Batch i is the same whether the run started at 0 or was resumed at i, sampling and
-    augmentation alike: the sampler is replayed up to i, and each image's random crop and
-    flip are seeded by its position in the stream. With several workers each loads only its
-    part of every batch (the worker'th of `workers` equal consecutive parts).
+    augmentation alike: the sampler is replayed up to i, and each image's random crop, flip,
+    pad-crop and erasing are seeded by its position in the stream. With several workers each
+    loads only its part of every batch (the worker'th of `workers` equal consecutive parts).
 
     Returns:
         Dataset of (images (b, H, W, 3) float32 in [0, 255], labels (b,) int32, rows (B,)
@@ -165,6 +179,7 @@ def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace
     height, width = args.net_input_height, args.net_input_width
 
     frames_per_tracklet = getattr(args, 'frames_per_tracklet', None)
+    pad, erasing = getattr(args, 'pad_crop', 0), getattr(args, 'random_erasing', 0.0)
     tracklets = tracklet_labels(paths) if frames_per_tracklet else None
 
     def sampler():
@@ -189,6 +204,11 @@ def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace
             image = common.resize_image(image, height, width)
         if args.flip_augment:
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        if pad:  # seeds of their own, derived from the image's position like the others
+            image = pad_crop(image, pad, tf.random.experimental.stateless_fold_in(crop_seed, 2))
+        if erasing:
+            image = random_erasing(image, tf.random.experimental.stateless_fold_in(crop_seed, 3),
+                                   erasing)
         return image, labels_t[row], row
 
     def load_mine(count, row):  # count: of this worker's images; position: in the stream
@@ -202,3 +222,59 @@ def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace
         sampler, output_signature=tf.TensorSpec((size,), tf.int64))
     dataset = tf.data.Dataset.zip(dataset.batch(share), whole)
     return dataset.map(lambda mine, rows: (*mine[:2], rows)).prefetch(2)
+
+
+def random_erasing(image, seed, probability: float, area=ERASING_AREA, aspect=ERASING_ASPECT,
+                   fill=IMAGENET_MEAN):
+    """Random erasing (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020).
+
+    With `probability`, a rectangle of the image is filled with `fill`: its area a uniform
+    share of the image in `area`, its aspect ratio h / w uniform in `aspect`, its size rounded
+    to whole pixels, its position uniform among those where it fits. As in the published
+    code, up to 100 draws of area and aspect are made and the first that fits (h < H, w < W)
+    is taken; if none fits, the image stays as it is. The draws are vectorised (all 100 are
+    made, the first fitting one used), so the op has no data-dependent loop.
+
+    Args:
+        image: float (H, W, C) in [0, 255].
+        seed: (2,) int64 stateless seed.
+        probability: p in [0, 1].
+        area, aspect: (low, high) ranges; fill: C values.
+
+    Returns:
+        The image, erased or not: same shape and dtype.
+    """
+    import tensorflow as tf
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    draws = tf.random.stateless_uniform((4, ERASING_ATTEMPTS), seed)
+    coin = tf.random.stateless_uniform((), tf.random.experimental.stateless_fold_in(seed, 1))
+    target = (area[0] + (area[1] - area[0]) * draws[0]) * h_f * w_f
+    ratio = aspect[0] + (aspect[1] - aspect[0]) * draws[1]
+    heights, widths = tf.round(tf.sqrt(target * ratio)), tf.round(tf.sqrt(target / ratio))
+    fits = (heights < h_f) & (widths < w_f) & (heights >= 1) & (widths >= 1)
+    first = tf.argmax(tf.cast(fits, tf.int32))  # the first that fits (0 if none does)
+    h, w = tf.cast(heights[first], tf.int32), tf.cast(widths[first], tf.int32)
+    top = tf.cast(draws[2, first] * tf.cast(height - h + 1, tf.float32), tf.int32)
+    left = tf.cast(draws[3, first] * tf.cast(width - w + 1, tf.float32), tf.int32)
+    rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    erase = (coin < probability) & tf.reduce_any(fits)
+    return tf.where(inside[:, :, None] & erase, tf.constant(fill, image.dtype), image)
+
+
+def pad_crop(image, pixels: int, seed):
+    """Pads `pixels` zeros (black) on every side, then crops the original size at a uniform
+    random position (Luo et al.: pad 10, random crop), a shift of up to `pixels` either way.
+
+    Args:
+        image: (H, W, C) with a static or dynamic size.
+        pixels: the padding, >= 0.
+        seed: (2,) int64 stateless seed.
+
+    Returns:
+        (H, W, C), the image's dtype.
+    """
+    import tensorflow as tf
+    padded = tf.pad(image, [[pixels, pixels], [pixels, pixels], [0, 0]])
+    return tf.image.stateless_random_crop(padded, tf.shape(image), seed)

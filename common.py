@@ -94,6 +94,24 @@ def positive_float(value: str) -> float:
     return number
 
 
+def float_in(low: float, high: float = float('inf'), high_included: bool = True
+             ) -> Callable[[str], float]:
+    """argparse type factory: a finite float in [low, high] (or [low, high) without
+    `high_included`), e.g. a probability, a loss weight >= 0."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{value!r} is not a number') from None
+        above = number > high if high_included else number >= high
+        if not np.isfinite(number) or number < low or above:
+            upper = 'inf' if high == float('inf') else f'{high:g}'
+            raise argparse.ArgumentTypeError(
+                f'{value!r} is not in [{low:g}, {upper}{"]" if high_included else ")"}')
+        return number
+    return parse
+
+
 def float_or_string(choices: tuple[str, ...]) -> Callable[[str], float | str]:
     """argparse type factory: a float, or one of the given words (e.g. the margin `soft`)."""
     def parse(value: str) -> float | str:

@@ -402,7 +402,7 @@ def first_line(error: Exception) -> str:
     return message.strip().splitlines()[0] if message.strip() else type(error).__name__
 
 
-def training_checkpoint(root: Path, model, optimizer, keep: int = 0, log=None):
+def training_checkpoint(root: Path, model, optimizer, keep: int = 0, log=None, **extra):
     """The step counter and the checkpoint manager of a training run in `root`, after removing
     the partial checkpoint of a run killed while saving (remove_partial_checkpoints).
 
@@ -412,6 +412,7 @@ def training_checkpoint(root: Path, model, optimizer, keep: int = 0, log=None):
         keep: how many of the latest checkpoints the manager keeps, deleting older ones as it
             saves new ones; 0 keeps all (the 2017 code's Saver had max_to_keep=0).
         log: a logger to report removed files to.
+        **extra: more objects to save by name (the center loss's `centres`).
 
     Returns:
         (step, manager): `step` a tf.Variable (int64, iterations done) saved with the model
@@ -423,7 +424,7 @@ def training_checkpoint(root: Path, model, optimizer, keep: int = 0, log=None):
         log.warning('removed %s: the partial checkpoint of a run killed while saving',
                     ', '.join(removed))
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    checkpoint = tf.train.Checkpoint(step=step, model=model, optimizer=optimizer)
+    checkpoint = tf.train.Checkpoint(step=step, model=model, optimizer=optimizer, **extra)
     # The manager writes the `checkpoint` state file only after the data files are complete,
     # and deletes old checkpoints only after that, so a crash while saving leaves the previous
     # latest checkpoint in place and readable. The state file lists the kept checkpoints, so

@@ -6,6 +6,8 @@ should not pay TensorFlow's ~3.5 s import on every call.
 """
 import numpy as np
 
+import common
+
 METRICS = ('euclidean', 'sqeuclidean', 'cityblock', 'cosine')
 # Norms below this count as this, so that the cosine distance of a zero vector is defined (1).
 COSINE_FLOOR = 1e-12
@@ -217,6 +219,26 @@ def batch_metrics(dists, pids, losses) -> dict:
 
 
 # ----------------------------------------------------------------------------- ID and center losses
+def add_flags(group) -> None:
+    """Adds train.py's flags of the objective beside the triplet loss (the strong baseline's
+    ID and center losses, weight decay) to an argparse group; all off by default."""
+    group.add_argument('--id_loss_weight', default=0.0, type=common.float_in(0),
+                       help='Weight of the ID loss, the cross-entropy of the head\'s identity '
+                            'classifier (--head_name bnneck); 0: off (the strong baseline: 1).')
+    group.add_argument('--label_smoothing', default=0.0, type=common.float_in(0, 1, False),
+                       help='Label smoothing eps of the ID loss: targets 1 - eps + eps/N and '
+                            'eps/N (the strong baseline: 0.1).')
+    group.add_argument('--center_loss_weight', default=0.0, type=common.float_in(0),
+                       help='Weight beta of the center loss 1/2 sum_j |f_j - c_{y_j}|^2 over the '
+                            'batch; 0: off (the strong baseline: 0.0005).')
+    group.add_argument('--center_lr', default=0.5, type=common.positive_float,
+                       help='Learning rate of the centres\' own update (Wen et al.).')
+    group.add_argument('--weight_decay', default=0.0, type=common.float_in(0),
+                       help='L2 weight decay: adds wd/2 |w|^2 of every convolution and dense '
+                            'kernel to the loss (not batch norm, biases, GeM); 0: off (the strong '
+                            'baseline: 5e-4).')
+
+
 def id_loss(logits, labels, label_smoothing: float = 0.0):
     """Cross-entropy of the identity classifier with label smoothing, one value per sample.
 

@@ -5,17 +5,53 @@ One PK batch is split into equal consecutive parts, one per replica (GPUs of a m
 machines of a cluster with one process each). Each replica embeds its part; the embeddings and
 identities of all replicas are gathered, so that batch-hard mining sees the whole batch; each
 replica takes the loss of its own anchors against it, scaled so that the summed replica
-gradients equal the one-device gradient of the whole batch.
+gradients equal the one-device gradient of the whole batch. The strong baseline's ID and
+center losses are per sample: each replica takes its own samples' share of them.
 """
 import argparse
 import functools
 import json
 import os
+from typing import NamedTuple
 
 import common
 import loss
 
 DISTRIBUTE = ('none', 'mirrored', 'multiworker')
+
+
+class Extras(NamedTuple):
+    """The objective's terms beside the triplet loss (loss.add_flags); the defaults add none,
+    and the step is then exactly the 2017 one."""
+    id_weight: float = 0.0
+    label_smoothing: float = 0.0
+    center_weight: float = 0.0
+    center_lr: float = 0.5
+    centres: object = None  # (N, D) tf.Variable, updated in the step (center_weight > 0)
+    weight_decay: float = 0.0
+
+    def on(self) -> bool:
+        """True if any term is switched on."""
+        return bool(self.id_weight or self.center_weight or self.weight_decay)
+
+
+NO_EXTRAS = Extras()
+
+
+def extras_of(args: argparse.Namespace, centres=None) -> Extras:
+    """The Extras of train.py's flags; `centres` from make_centres when the center loss is on."""
+    return Extras(args.id_loss_weight, args.label_smoothing, args.center_loss_weight,
+                  args.center_lr, centres, args.weight_decay)
+
+
+def make_centres(classes: int, dim: int):
+    """The center loss's centres (classes, D), zeros: a variable that every replica updates
+    alike (from the gathered batch), so the first replica's value is taken. Create it in the
+    strategy's scope."""
+    import tensorflow as tf
+    return tf.Variable(tf.zeros((classes, dim)), trainable=False, name='centres',
+                       synchronization=tf.VariableSynchronization.ON_WRITE,
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
 
 def add_flags(group) -> None:
@@ -157,7 +193,8 @@ def gather_replicas(context, value):
     return tf.reshape(total, tf.concat([[-1], tf.shape(value)[1:]], 0))
 
 
-def replica_gradients(model, images, pids, loss_name: str, margin, metric: str, optimizer=None):
+def replica_gradients(model, images, pids, loss_name: str, margin, metric: str, optimizer=None,
+                      extras: Extras = NO_EXTRAS):
     """One replica's gradients of the loss, and what the log reports about the whole batch.
 
     Runs in a replica context (or without a strategy). The replicas' gradients sum to the
@@ -168,16 +205,21 @@ def replica_gradients(model, images, pids, loss_name: str, margin, metric: str, 
         images: (b, H, W, 3) this replica's share of the batch; pids: (b,) its identities.
         loss_name, margin, metric: as for make_train_step.
         optimizer: its scale_loss scales the objective (float16: the dynamic loss scale).
+        extras: the ID and center losses and weight decay, added to the objective.
 
     Returns:
-        (grads, out): grads of model.trainable_variables; out with `loss` (), `losses` (B,),
-        `emb` (B, D), `dists` (B, B), `pids` (B,) and loss.batch_metrics of the whole batch.
+        (grads, out): grads of model.trainable_variables; out with `loss` () (the whole
+        objective), `losses` (B,) (the triplet loss), `emb` (B, D) (what the triplet loss
+        sees: the head's `train_emb` if it has one), `dists` (B, B), `pids` (B,),
+        loss.batch_metrics of the whole batch, and with extras `id_losses` (B,),
+        `center_losses` (B,), `weight_decay` ().
     """
     import tensorflow as tf
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync
     with tf.GradientTape() as tape:
-        own_emb = model(images, training=True)['emb']  # (b, D)
+        endpoints = model(images, training=True)
+        own_emb = endpoints.get('train_emb', endpoints['emb'])  # (b, D)
         emb, all_pids = own_emb, pids
         if replicas > 1:
             emb = gather_replicas(context, own_emb)  # (B, D), replica by replica
@@ -193,15 +235,61 @@ def replica_gradients(model, images, pids, loss_name: str, margin, metric: str, 
         if model.losses:  # weight decay, if a net or head asks for it
             total += tf.add_n(model.losses)
             objective += tf.add_n(model.losses) / replicas
+        parts = {}
+        if extras.on():
+            terms, parts = extra_terms(model, endpoints, own_emb, pids, tf.shape(losses)[0],
+                                       extras, context)
+            total += terms['total']
+            objective += terms['own']
         scaled = optimizer.scale_loss(objective) if optimizer else objective  # float16
     grads = tape.gradient(scaled, model.trainable_variables)
     return grads, {'loss': total, 'losses': losses, 'emb': emb, 'dists': dists,
-                   'pids': all_pids, **loss.batch_metrics(dists, all_pids, losses)}
+                   'pids': all_pids, **loss.batch_metrics(dists, all_pids, losses), **parts}
 
 
-def update(model, optimizer, loss_name: str, margin, metric: str, images, pids, stop):
+def extra_terms(model, endpoints: dict, own_emb, pids, batch, extras: Extras, context):
+    """The ID loss, center loss and weight decay of one replica's samples.
+
+    Per-sample losses enter the objective as this replica's share of the batch's: the ID loss
+    as sum / B (its batch mean), the center loss as its sum (the formula is a sum over the
+    batch), weight decay divided by the replicas (every replica adds it).
+
+    Returns:
+        ({'own': this replica's share, 'total': the whole batch's value}, parts for `out`:
+        `id_losses` (B,), `center_losses` (B,), `weight_decay` (), as far as switched on).
+    """
+    import tensorflow as tf
+    replicas = context.num_replicas_in_sync
+
+    def whole(values):  # (b,) -> (B,)
+        return gather_replicas(context, values) if replicas > 1 else values
+    own = total = 0.0
+    parts = {}
+    if extras.id_weight:
+        id_losses = loss.id_loss(endpoints['logits'], pids, extras.label_smoothing)  # (b,)
+        own += extras.id_weight * tf.reduce_sum(id_losses) / tf.cast(batch, id_losses.dtype)
+        parts['id_losses'] = whole(id_losses)
+        total += extras.id_weight * tf.reduce_mean(parts['id_losses'])
+    if extras.center_weight:
+        center_losses = loss.center_loss(own_emb, pids, extras.centres)  # (b,)
+        own += extras.center_weight * tf.reduce_sum(center_losses)
+        parts['center_losses'] = whole(center_losses)
+        total += extras.center_weight * tf.reduce_sum(parts['center_losses'])
+    if extras.weight_decay:
+        kernels = [v for v in model.trainable_variables if v.path.endswith('kernel')]
+        decay = 0.5 * extras.weight_decay * tf.add_n([tf.reduce_sum(tf.square(k))
+                                                      for k in kernels])
+        own += decay / replicas
+        parts['weight_decay'] = decay
+        total += decay
+    return {'own': own, 'total': total}, parts
+
+
+def update(model, optimizer, loss_name: str, margin, metric: str, extras: Extras, images, pids,
+           stop):
     """One replica's part of a training step: its gradients, the checks that every replica
-    agrees on (non-finite gradients anywhere, a stop asked of any worker), and the update.
+    agrees on (non-finite gradients anywhere, a stop asked of any worker), and the update
+    (with the center loss, also that of the centres, from the whole batch's features).
 
     Returns:
         replica_gradients' `out` with `grads_finite` () and `stop` () bool added.
@@ -209,7 +297,8 @@ def update(model, optimizer, loss_name: str, margin, metric: str, images, pids, 
     import keras
     import tensorflow as tf
     context = tf.distribute.get_replica_context()
-    grads, out = replica_gradients(model, images, pids, loss_name, margin, metric, optimizer)
+    grads, out = replica_gradients(model, images, pids, loss_name, margin, metric, optimizer,
+                                   extras)
     nonfinite = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.int32))
                           for g in grads])
     if context.num_replicas_in_sync > 1:
@@ -222,11 +311,14 @@ def update(model, optimizer, loss_name: str, margin, metric: str, images, pids, 
         # only at scale 1 is it a reason to stop.
         grads_finite |= optimizer.dynamic_scale > 1
     optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    if extras.center_weight:  # after the loss read them; every replica computes the same
+        extras.centres.assign(loss.center_update(out['emb'], out['pids'], extras.centres,
+                                                 extras.center_lr))
     return {**out, 'grads_finite': grads_finite, 'stop': tf.cast(stop, tf.bool)}
 
 
 def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: bool = False,
-                    strategy=None, worker: int = 0):
+                    strategy=None, worker: int = 0, extras: Extras = NO_EXTRAS):
     """The compiled training step: one Adam update on a PK batch.
 
     Under a strategy the batch is split over the replicas, each embeds its share, the
@@ -244,15 +336,17 @@ def make_train_step(model, optimizer, loss_name: str, margin, metric: str, jit: 
         strategy: a tf.distribute strategy from make_strategy, or None for one device.
         worker: this process's index among the workers (multiworker): its images are the
             worker'th of equal consecutive parts of the batch.
+        extras: the objective's terms beside the triplet loss (Extras); none by default.
 
     Returns:
         step(images (b, H, W, 3) float32 in [0, 255], pids (b,) int, stop=False) -> dict with
         `loss` () (the optimised mean), `losses` (B,), `emb` (B, D), `dists` (B, B),
-        `grads_finite` () bool, `stop` () bool (true if any worker's `stop` was) and the
-        entries of loss.batch_metrics, all of the whole batch (B = P*K); b = B / workers.
+        `grads_finite` () bool, `stop` () bool (true if any worker's `stop` was), the
+        entries of loss.batch_metrics and those of the extras (replica_gradients), all of the
+        whole batch (B = P*K); b = B / workers.
     """
     import tensorflow as tf
-    replica_step = functools.partial(update, model, optimizer, loss_name, margin, metric)
+    replica_step = functools.partial(update, model, optimizer, loss_name, margin, metric, extras)
 
     if strategy is None:
         one_device = tf.function(replica_step, jit_compile=jit)

@@ -13,6 +13,9 @@ import common
 LN2 = math.log(2.0)
 COLLAPSE_ITERATIONS = 100  # iterations at ln 2 before the collapse warning
 HISTOGRAM_EVERY = 10  # iterations between TensorBoard histograms (scalars: every iteration)
+# The train step's per-sample parts beside the triplet loss (replicas.extra_terms): their name
+# in the log line, TensorBoard (loss/<key>) and the detailed logs (detailed_<key>_loss.npy).
+PARTS = {'id': ('id_losses', 'ID loss'), 'center': ('center_losses', 'center loss')}
 
 
 class Reporter:
@@ -30,7 +33,8 @@ class Reporter:
         if args.detailed_logs and root:
             fid_bytes = max(len(fid.encode()) for fid in fids)
             self.detailed = open_detailed_logs(root, args.train_iterations, self.batch,
-                                               args.embedding_dim, fid_bytes, fresh=start == 0)
+                                               args.embedding_dim, fid_bytes, fresh=start == 0,
+                                               parts=parts_of(args))
             self.fids_bytes = np.array([fid.encode() for fid in fids])
         self.durations = []
         self.collapse_streak = 0
@@ -47,9 +51,14 @@ class Reporter:
         seconds = float(np.mean(recent))
         top1, prec = float(out['top1'].numpy().mean()), float(out['prec_at_k'].numpy().mean())
         active = int(out['active'].numpy())
-        self.log.info('iter %d/%d: loss min %.3f mean %.3f max %.3f, top-1 %.1f%%, prec@%d '
+        parts = {key: out[PARTS[key][0]].numpy() for key in PARTS if PARTS[key][0] in out}
+        extra = ''.join(f', {PARTS[key][1]} mean {values.mean():.3f}'
+                        for key, values in parts.items())
+        if 'weight_decay' in out:
+            extra += f', weight decay {float(out["weight_decay"]):.3f}'
+        self.log.info('iter %d/%d: loss min %.3f mean %.3f max %.3f%s, top-1 %.1f%%, prec@%d '
                       '%.1f%%, active %d/%d, lr %.3g, %.3f s/it, ETA %s', iteration + 1,
-                      args.train_iterations, losses.min(), losses.mean(), losses.max(),
+                      args.train_iterations, losses.min(), losses.mean(), losses.max(), extra,
                       100 * top1, args.batch_k - 1, 100 * prec, active, self.batch, lr, seconds,
                       timedelta(seconds=round(seconds * (args.train_iterations - iteration - 1))))
 
@@ -61,6 +70,12 @@ class Reporter:
                                 'learning_rate': lr,
                                 'seconds_per_iteration': self.durations[-1]}.items():
                 tf.summary.scalar(name, value)
+            if parts or 'weight_decay' in out:  # the parts beside the triplet loss ('loss')
+                for key, values in parts.items():
+                    tf.summary.scalar(f'loss/{key}', values.mean())
+                if 'weight_decay' in out:
+                    tf.summary.scalar('loss/weight_decay', out['weight_decay'])
+                tf.summary.scalar('loss/total', out['loss'])
             if iteration % HISTOGRAM_EVERY == 0:
                 norms = np.linalg.norm(out['emb'].numpy().astype(np.float64), axis=1)
                 for name, values in {'losses': losses, 'dists/positive': out['pos_dists'],
@@ -70,6 +85,8 @@ class Reporter:
         if self.detailed is not None:
             self.detailed['emb'][iteration] = out['emb'].numpy()
             self.detailed['loss'][iteration] = losses
+            for key, values in parts.items():
+                self.detailed[f'{key}_loss'][iteration] = values
             self.detailed['fids'][iteration] = self.fids_bytes[rows.numpy()]
 
         self.collapse_streak = self.collapse_streak + 1 if collapsed(losses, args.margin) else 0
@@ -100,6 +117,8 @@ def finite(out: dict, iteration: int, batch_fids: np.ndarray, root: Path | None,
     losses = out['losses'].numpy()
     culprits = [name for name, ok in (
         ('the loss', np.all(np.isfinite(losses))),
+        *((f'the {label}', np.all(np.isfinite(out[key].numpy())))
+          for key, label in PARTS.values() if key in out),
         ('the embedding distances', np.all(np.isfinite(out['dists'].numpy()))),
         ('the gradients', bool(out['grads_finite'].numpy()))) if not ok]
     if not culprits:
@@ -114,16 +133,25 @@ def finite(out: dict, iteration: int, batch_fids: np.ndarray, root: Path | None,
     return False
 
 
+def parts_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """The keys of PARTS that train.py's flags switch on."""
+    return tuple(key for key, on in (('id', getattr(args, 'id_loss_weight', 0)),
+                                     ('center', getattr(args, 'center_loss_weight', 0))) if on)
+
+
 def open_detailed_logs(root: Path, iterations: int, batch: int, dim: int, fid_bytes: int,
-                       fresh: bool) -> dict:
+                       fresh: bool, parts: tuple[str, ...] = ()) -> dict:
     """Memory-mapped per-iteration records: row i holds iteration i's batch.
 
-    detailed_emb.npy (T, B, D) float32, detailed_loss.npy (T, B) float32 and
-    detailed_fids.npy (T, B) bytes. They are sparse files: rows not yet trained read as 0.
+    detailed_emb.npy (T, B, D) float32 (what the triplet loss sees), detailed_loss.npy (T, B)
+    float32 (the triplet loss), detailed_fids.npy (T, B) bytes, and for each of `parts`
+    (PARTS keys) detailed_<part>_loss.npy (T, B) float32. They are sparse files: rows not yet
+    trained read as 0.
     """
     specs = {'emb': ((iterations, batch, dim), np.float32),
              'loss': ((iterations, batch), np.float32),
-             'fids': ((iterations, batch), f'S{fid_bytes}')}
+             'fids': ((iterations, batch), f'S{fid_bytes}'),
+             **{f'{part}_loss': ((iterations, batch), np.float32) for part in parts}}
     logs = {}
     for name, (shape, dtype) in specs.items():
         path = root / f'detailed_{name}.npy'

@@ -1,10 +1,51 @@
-"""The learning rate of each iteration: the 2017 exponential decay, or steps, after a warmup."""
+"""The learning rate of each iteration: the 2017 exponential decay, or steps, after a warmup;
+and train.py's flags for it."""
+import argparse
+import itertools
+
+import common
 
 SCHEDULES = ('exponential', 'step')
 WARMUP_START = 0.1  # the warmup's first factor, as Luo et al. (3.5e-5 up to 3.5e-4)
 
 
-def learning_rate(iteration: int, base: float, train_iterations: int, decay_start: int = -1,
+def add_flags(group) -> None:
+    """Adds train.py's flags of the schedule beyond --learning_rate, --train_iterations and
+    --decay_start_iteration (which stay with train.py) to an argparse group."""
+    group.add_argument('--lr_schedule', default='exponential', choices=SCHEDULES,
+                       help='exponential: the 2017 decay from --decay_start_iteration to 0.001x '
+                            'at the end; step: x --lr_gamma at each of --lr_steps.')
+    group.add_argument('--lr_steps', default=None, type=steps_flag, metavar='A,B',
+                       help='With --lr_schedule step: the iterations at which the rate is '
+                            'multiplied by --lr_gamma, e.g. 7440,13020.')
+    group.add_argument('--lr_gamma', default=0.1, type=common.positive_float,
+                       help='With --lr_schedule step: the factor of each step.')
+    group.add_argument('--warmup_iterations', default=0, type=common.nonnegative_int,
+                       help='Raise the rate linearly from 0.1x to 1x over this many first '
+                            'iterations (the strong baseline: 10 epochs); 0: no warmup.')
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Raises common.InputError for a step schedule without steps, or steps past the end."""
+    if args.lr_schedule == 'step' and not args.lr_steps:
+        raise common.InputError('--lr_schedule step needs --lr_steps, e.g. --lr_steps 7440,13020')
+    if args.lr_schedule != 'step' and args.lr_steps:
+        raise common.InputError(f'--lr_steps {args.lr_steps} needs --lr_schedule step')
+    late = [step for step in parse_steps(args.lr_steps) if step >= args.train_iterations]
+    if late:
+        raise common.InputError(f'--lr_steps {args.lr_steps}: {late[0]} is not before '
+                                f'--train_iterations {args.train_iterations}')
+
+
+def rate_of(args: argparse.Namespace, iteration: int) -> float:
+    """The learning rate of 0-based `iteration` under train.py's flags `args`."""
+    return learning_rate(iteration, args.learning_rate, args.decay_start_iteration,
+                         args.train_iterations, getattr(args, 'lr_schedule', 'exponential'),
+                         parse_steps(getattr(args, 'lr_steps', None)),
+                         getattr(args, 'lr_gamma', 0.1), getattr(args, 'warmup_iterations', 0))
+
+
+def learning_rate(iteration: int, base: float, decay_start: int, train_iterations: int,
                   schedule: str = 'exponential', steps: tuple[int, ...] = (),
                   gamma: float = 0.1, warmup: int = 0) -> float:
     """The learning rate of 0-based `iteration`.
@@ -12,10 +53,10 @@ def learning_rate(iteration: int, base: float, train_iterations: int, decay_star
     Args:
         iteration: 0-based.
         base: --learning_rate.
-        train_iterations: --train_iterations.
         decay_start: `exponential`: `base` until this iteration (-1: forever), then
             base * 0.001 ** ((iteration - decay_start) / (train_iterations - decay_start)),
             which would reach 0.001 x base at `train_iterations` (the 2017 schedule).
+        train_iterations: --train_iterations.
         schedule: `exponential` or `step`.
         steps: `step`: iterations at which the rate is multiplied by `gamma` (Luo et al.: x0.1
             at epochs 40 and 70): base * gamma ** (number of steps <= iteration).
@@ -46,12 +87,11 @@ def steps_flag(text: str) -> str:
     Raises:
         argparse.ArgumentTypeError: not a comma-separated increasing list of positive integers.
     """
-    import argparse
     try:
         steps = parse_steps(text)
     except ValueError:
         steps = ()
-    if not steps or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] <= 0:
+    if not steps or any(b <= a for a, b in itertools.pairwise(steps)) or steps[0] <= 0:
         raise argparse.ArgumentTypeError(f'{text!r} is not a comma-separated list of increasing '
                                          'positive iterations, e.g. 7440,13020')
     return ','.join(map(str, steps))

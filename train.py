@@ -21,8 +21,9 @@ import common
 import experiment
 import loss
 import replicas
-from model import (PRECISIONS, build_model, check_precision, load_tf1_checkpoint,
-                   open_tf1_checkpoint)
+import schedule
+from model import (PRECISIONS, build_model, check_initial_checkpoint, check_precision,
+                   has_classifier, load_initial_checkpoint)
 from reporting import Reporter, finite
 
 parser = argparse.ArgumentParser(
@@ -41,8 +42,9 @@ experiment.add_model_flags(parser, {
     'net_input_height': 256, 'net_input_width': 128, 'pre_crop_height': 288,
     'pre_crop_width': 144})
 parser.add_argument('--initial_checkpoint', default=None,
-                    help='TF1 checkpoint with slim names (e.g. the ImageNet resnet_v1_50.ckpt) '
-                         'to initialise the backbone from; default: random initialisation.')
+                    help='TF1 checkpoint with slim names (e.g. the ImageNet resnet_v1_50.ckpt), '
+                         "or Keras' ImageNet ResNet-50 weights (.h5, .weights.h5), to initialise "
+                         'the backbone from; default: random initialisation.')
 batches.add_flags(parser.add_argument_group('PK batches and augmentation'))
 parser.add_argument('--margin', default='soft', type=common.float_or_string(loss.MARGINS),
                     help='Triplet margin: a number >= 0 (hinge), "soft" (softplus) or "none".')
@@ -51,6 +53,7 @@ parser.add_argument('--metric', default='euclidean', choices=loss.METRICS,
 parser.add_argument('--loss', default='batch_hard', choices=loss.LOSSES,
                     help='batch_hard: hardest positive and negative per anchor; batch_all: '
                          'mean over all valid triplets of the batch.')
+loss.add_flags(parser.add_argument_group('beside the triplet loss (the strong baseline)'))
 parser.add_argument('--learning_rate', default=3e-4, type=common.positive_float,
                     help="Adam's initial learning rate.")
 parser.add_argument('--train_iterations', default=25000, type=common.positive_int,
@@ -59,6 +62,7 @@ parser.add_argument('--decay_start_iteration', default=15000, type=int,
                     help='Iteration from which the learning rate decays exponentially, reaching '
                          '0.001 x --learning_rate at --train_iterations; -1 (or a value >= '
                          '--train_iterations): no decay.')
+schedule.add_flags(parser.add_argument_group('learning-rate schedule'))
 parser.add_argument('--beta1_after_decay', default=None, type=common.positive_float,
                     help="Adam's beta1 from --decay_start_iteration on (the paper used 0.5); "
                          'default: keep 0.9 throughout, as the 2017 code did.')
@@ -83,6 +87,8 @@ parser.add_argument('--mixed_precision', default='none', choices=PRECISIONS,
                     help='Compute in bfloat16 or float16 (with dynamic loss scaling), keeping '
                          'float32 variables, embeddings, distances and loss; none: all float32.')
 replicas.add_flags(parser.add_argument_group('several devices'))
+# Not a flag: the training identities when the head has a classifier, stored in args.json.
+parser.set_defaults(num_classes=None)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -103,19 +109,28 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, name) is None:
             raise common.InputError(f'--{name} is required (unless --resume)')
     if args.initial_checkpoint:  # readable, before the experiment root is written
-        open_tf1_checkpoint(args.initial_checkpoint)
+        check_initial_checkpoint(args.initial_checkpoint)
+    if args.id_loss_weight > 0 and not has_classifier(args.head_name):
+        raise common.InputError(f'--id_loss_weight {args.id_loss_weight:g}: --head_name '
+                                f'{args.head_name} has no identity classifier (bnneck has)')
+    schedule.check_args(args)
     check_precision(args.mixed_precision)  # before the experiment root is written
     if args.sync_batch_norm is None:  # args.json of a run from before the flag existed
         args.sync_batch_norm = args.distribute != 'none'
 
 
-def learning_rate(iteration: int, base: float, decay_start: int, train_iterations: int) -> float:
-    """The learning rate of 0-based `iteration`: `base` until `decay_start` (-1: forever), then
-    base * 0.001 ** ((iteration - decay_start) / (train_iterations - decay_start)), which would
-    reach 0.001 x base at `train_iterations` (the last iteration is train_iterations - 1)."""
-    if decay_start < 0 or iteration < decay_start:
-        return base
-    return base * 0.001 ** ((iteration - decay_start) / (train_iterations - decay_start))
+def set_classes(args: argparse.Namespace, labels: np.ndarray) -> None:
+    """Sets args.num_classes, the classifier's size, to the training identities when the ID
+    loss needs a classifier (else None); --resume checks that they are still as many.
+
+    Raises:
+        common.InputError: a resumed run whose training set has another number of identities.
+    """
+    classes = int(labels.max()) + 1 if args.id_loss_weight > 0 else None
+    if args.resume and args.num_classes is not None and args.num_classes != classes:
+        raise common.InputError(f'--resume: args.json has a classifier of {args.num_classes} '
+                                f'identities, the training set {classes}')
+    args.num_classes = classes
 
 
 def settings() -> tuple[argparse.Namespace, list[str], bool]:
@@ -151,7 +166,7 @@ def start_log(args: argparse.Namespace, root: Path, chief: bool, notes: list[str
     return log
 
 
-def build_training(args: argparse.Namespace, root: Path, log, strategy=None,
+def build_training(args: argparse.Namespace, root: Path, log, classes: int, strategy=None,
                    saves_to: Path | None = None):
     """The model, Adam, and the checkpoint manager, restored (--resume) or initialised.
 
@@ -159,12 +174,14 @@ def build_training(args: argparse.Namespace, root: Path, log, strategy=None,
     and saves the initialisation as checkpoint-0.
 
     Args:
+        classes: the training identities (the center loss's centres).
         strategy: from make_strategy; the variables are created in its scope.
         saves_to: where checkpoints are saved, if not in `root` (the workers but the chief
             must save too, into a folder of their own); restored from `root` all the same.
 
     Returns:
-        (model, optimizer, step, manager): `step` the tf.Variable of iterations done.
+        (model, optimizer, step, manager, centres): `step` the tf.Variable of iterations done;
+        `centres` the center loss's (saved in the checkpoints), or None.
     """
     import keras
     import tensorflow as tf
@@ -173,7 +190,7 @@ def build_training(args: argparse.Namespace, root: Path, log, strategy=None,
     keras.utils.set_random_seed(args.seed)  # the initialisation; batches are seeded apart
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(args.model_name, args.head_name, args.embedding_dim,
-                            args.mixed_precision)
+                            args.mixed_precision, **experiment.model_options(args))
         for layer in model.layers:
             if hasattr(layer, 'synchronized'):  # layers.BatchNorm
                 layer.synchronized = args.sync_batch_norm
@@ -186,8 +203,12 @@ def build_training(args: argparse.Namespace, root: Path, log, strategy=None,
             log.info('mixed precision: layers compute in %s%s; variables, embeddings, distances '
                      'and the loss are float32', args.mixed_precision,
                      ' with dynamic loss scaling' * (args.mixed_precision == 'float16'))
+        extra = {}
+        if args.center_loss_weight:  # one centre per training identity, of what f is
+            f = model.output.get('train_emb', model.output['emb'])
+            extra['centres'] = replicas.make_centres(classes, f.shape[-1])
         step, manager = experiment.training_checkpoint(saves_to or root, model, optimizer,
-                                                       args.keep_checkpoints, log)
+                                                       args.keep_checkpoints, log, **extra)
     latest = (experiment.restore_training(manager, f'{args.model_name} + {args.head_name}',
                                           root if saves_to else None) if args.resume else None)
     if latest:
@@ -196,11 +217,11 @@ def build_training(args: argparse.Namespace, root: Path, log, strategy=None,
         if args.resume:
             log.warning('no checkpoint in %s: starting from the initialisation', root)
         if args.initial_checkpoint:
-            load_tf1_checkpoint(model, args.initial_checkpoint, log)
+            load_initial_checkpoint(model, args.initial_checkpoint, log)
         save(manager, None, 0, log)
     if args.beta1_after_decay is not None and 0 <= args.decay_start_iteration <= step.numpy():
         adam(optimizer).beta_1 = args.beta1_after_decay
-    return model, optimizer, step, manager
+    return model, optimizer, step, manager, extra.get('centres')
 
 
 def adam(optimizer):
@@ -231,6 +252,7 @@ def main():
 
     # Data: every problem is found before anything is written or trained.
     data = batches.load_training_data(args)
+    set_classes(args, data[2])
     if not chief:  # writes nothing into the root: its checkpoints go to a folder of its own
         with tempfile.TemporaryDirectory(prefix='train-worker-') as saves_to:
             return train(args, root, data, notes, strategy, Path(saves_to))
@@ -261,13 +283,16 @@ def train(args: argparse.Namespace, root: Path, data: tuple, notes: list[str], s
     stop = common.stop_requests(log)
 
     # Model, optimizer, checkpoints, input pipeline.
-    model, optimizer, step, manager = build_training(args, root, log, strategy, saves_to)
+    classes = int(labels.max()) + 1
+    model, optimizer, step, manager, centres = build_training(args, root, log, classes,
+                                                              strategy, saves_to)
     start = saved = int(step.numpy())
     dataset = batches.make_dataset(paths, labels, args, start, worker, max(1, len(workers)))
 
     def make_step():  # again when beta1 changes: it is read when tracing
         return replicas.make_train_step(model, optimizer, args.loss, args.margin, args.metric,
-                                        args.jit, strategy, worker)
+                                        args.jit, strategy, worker,
+                                        replicas.extras_of(args, centres))
     train_step = make_step()
     if start >= args.train_iterations:
         log.info('the run is already complete (%d iterations)', start)
@@ -282,8 +307,7 @@ def train(args: argparse.Namespace, root: Path, data: tuple, notes: list[str], s
             adam(optimizer).beta_1 = args.beta1_after_decay
             train_step = make_step()
             log.info("Adam's beta1 is now %g", args.beta1_after_decay)
-        lr = learning_rate(iteration, args.learning_rate, args.decay_start_iteration,
-                           args.train_iterations)
+        lr = schedule.rate_of(args, iteration)
         optimizer.learning_rate = lr
         out = train_step(images, batch_labels, bool(stop))
         if not finite(out, iteration, fids[rows.numpy()], root if chief else None,

@@ -1,9 +1,9 @@
-"""augment.py: random erasing's statistics and pad-and-crop, eagerly and inside tf.data."""
+"""batches.py: random erasing's statistics and pad-and-crop, eagerly and inside tf.data."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import augment
+import batches
 
 H, W, N = 64, 32, 600
 
@@ -15,9 +15,9 @@ def _erase_many(probability, in_dataset, count=N):
                       tf.range(count, dtype=tf.int64)], 1)
     if in_dataset:
         dataset = tf.data.Dataset.from_tensor_slices(seeds).map(
-            lambda seed: augment.random_erasing(image, seed, probability), num_parallel_calls=4)
+            lambda seed: batches.random_erasing(image, seed, probability), num_parallel_calls=4)
         return np.stack(list(dataset.as_numpy_iterator())), image.numpy()
-    return np.stack([augment.random_erasing(image, seed, probability).numpy()
+    return np.stack([batches.random_erasing(image, seed, probability).numpy()
                      for seed in seeds]), image.numpy()
 
 
@@ -28,7 +28,7 @@ def erased():
 
 def test_random_erasing_statistics(erased):
     out, image = erased
-    fill = np.array(augment.IMAGENET_MEAN, np.float32)
+    fill = np.array(batches.IMAGENET_MEAN, np.float32)
     changed = np.any(out != image, axis=3)  # (N, H, W)
     hit = changed.any(axis=(1, 2))
     # The share of erased images is near p: 3 standard deviations of a binomial.
@@ -65,9 +65,9 @@ def test_pad_crop_shifts_by_up_to_the_padding():
     padded = np.pad(image.numpy(), [(10, 10), (10, 10), (0, 0)])
     seeds = tf.stack([tf.fill([150], tf.constant(3, tf.int64)), tf.range(150, dtype=tf.int64)], 1)
     dataset = tf.data.Dataset.from_tensor_slices(seeds).map(
-        lambda seed: augment.pad_crop(image, 10, seed))
+        lambda seed: batches.pad_crop(image, 10, seed))
     outs = np.stack(list(dataset.as_numpy_iterator()))
-    np.testing.assert_array_equal(outs[0], augment.pad_crop(image, 10, seeds[0]).numpy())
+    np.testing.assert_array_equal(outs[0], batches.pad_crop(image, 10, seeds[0]).numpy())
     offsets = set()
     for out in outs:  # each crop is the padded image at exactly one offset
         found = [(row, col) for row in range(21) for col in range(21)

@@ -20,6 +20,7 @@ import experiment
 from model import build_model, slim_name
 import loss
 import reporting
+import schedule
 import train
 from conftest import ROOT, file_size_limit, run_read_only, write_dataset
 
@@ -96,13 +97,13 @@ def full_run(dataset, slim_backbone, tmp_path_factory):
 # ----------------------------------------------------------------------------- units
 def test_learning_rate_schedule():
     base, start, total = 3e-4, 150, 250
-    rates = np.array([train.learning_rate(i, base, start, total) for i in range(total + 1)])
+    rates = np.array([schedule.learning_rate(i, base, start, total) for i in range(total + 1)])
     assert np.all(rates[:start + 1] == base)
     assert rates[total] == pytest.approx(0.001 * base)
     ratios = rates[start + 1:] / rates[start:-1]
     np.testing.assert_allclose(ratios, 0.001 ** (1 / (total - start)))  # exponential
-    assert all(train.learning_rate(i, base, -1, total) == base for i in range(total))
-    assert all(train.learning_rate(i, base, total, total) == base for i in range(total))
+    assert all(schedule.learning_rate(i, base, -1, total) == base for i in range(total))
+    assert all(schedule.learning_rate(i, base, total, total) == base for i in range(total))
 
 
 def test_given_flags():
@@ -133,7 +134,9 @@ def test_args_json_holds_every_argument(full_run, dataset):
     text = (root / 'args.json').read_text()
     stored = json.loads(text)
     assert text == json.dumps(stored, sort_keys=True, indent=2) + '\n'
-    assert set(stored) == {action.dest for action in train.parser._actions} - {'help'}
+    assert set(stored) == {action.dest for action in train.parser._actions} - {'help'} | {
+        'num_classes'}  # not a flag: the classifier's size (None: no classifier)
+    assert stored['num_classes'] is None
     given = dict(zip(TINY[::2], TINY[1::2], strict=False))
     assert stored['model_name'] == given['--model_name']
     assert stored['embedding_dim'] == int(given['--embedding_dim'])
@@ -173,7 +176,7 @@ def test_checkpoints_logs_and_summaries(full_run):
             'seconds_per_iteration', 'dists/positive', 'dists/negative', 'emb_norm'} <= tags
     assert sorted(rates) == list(range(1, 21))
     for step, rate in rates.items():
-        assert rate == pytest.approx(train.learning_rate(step - 1, 1e-3, 15, 20), rel=1e-6)
+        assert rate == pytest.approx(schedule.learning_rate(step - 1, 1e-3, 15, 20), rel=1e-6)
 
 
 def test_detailed_logs(full_run, dataset):
@@ -273,7 +276,7 @@ def test_interrupt_saves_and_resume_matches_uninterrupted(signum, tmp_path, data
     logged = re.findall(r'iter (\d+)/20: .* lr ([0-9.e+-]+),', result.stderr)
     assert len(logged) == 20 - stopped
     for done, rate in logged:
-        assert float(rate) == pytest.approx(train.learning_rate(int(done) - 1, 1e-3, 15, 20),
+        assert float(rate) == pytest.approx(schedule.learning_rate(int(done) - 1, 1e-3, 15, 20),
                                             rel=1e-2)
 
 
