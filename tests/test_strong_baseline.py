@@ -1,0 +1,94 @@
+"""train.py with the strong baseline's flags (Luo et al. 2019): BNNeck, ID and center losses,
+weight decay, warmup and steps, random erasing and pad-crop, GeM; their reports, the NaN
+guard, and --resume continuing them bit for bit."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import common
+import embed
+import loss
+from conftest import read_h5, write_dataset
+from test_train import assert_bit_identical, checkpoint_steps, train_in_process
+
+STRONG = ['--model_name', 'small_cnn', '--head_name', 'bnneck', '--embedding_dim', '16',
+          '--batch_p', '4', '--batch_k', '3', '--net_input_height', '32', '--net_input_width',
+          '16', '--flip_augment', '--pad_crop', '2', '--random_erasing', '0.5',
+          '--id_loss_weight', '1', '--label_smoothing', '0.1', '--center_loss_weight', '0.0005',
+          '--weight_decay', '5e-4', '--warmup_iterations', '3', '--lr_schedule', 'step',
+          '--lr_steps', '6,8', '--pooling', 'gem', '--margin', '0.3', '--seed', '3',
+          '--loading_threads', '2', '--deterministic', '--detailed_logs',
+          '--checkpoint_frequency', '4', '--learning_rate', '1e-3']
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    return write_dataset(root, n_ids=13, per_id=5, noise=4), root
+
+
+def tags_of(root) -> set:
+    return {value.tag for path in root.glob('events.out.tfevents.*')
+            for event in tf.compat.v1.train.summary_iterator(str(path))
+            for value in event.summary.value}
+
+
+@pytest.mark.slow
+def test_strong_baseline_reports_each_part_and_resumes_bit_for_bit(monkeypatch, tmp_path,
+                                                                  dataset):
+    csv, images = dataset
+    data = ['--train_set', csv, '--image_root', images]
+    whole, part = tmp_path / 'whole', tmp_path / 'part'
+    assert train_in_process(monkeypatch, *data, '--experiment_root', whole, *STRONG,
+                            '--train_iterations', '10') == 0
+    stored = json.loads((whole / 'args.json').read_text())
+    assert stored['num_classes'] == 13 and stored['pooling'] == 'gem'
+    assert (stored['lr_steps'], stored['random_erasing'], stored['head_name']) == (
+        '6,8', 0.5, 'bnneck')
+    log = (whole / 'train.log').read_text()
+    assert 'ID loss mean' in log and 'center loss mean' in log and 'weight decay' in log
+    assert {'loss', 'loss/id', 'loss/center', 'loss/weight_decay', 'loss/total'} <= tags_of(whole)
+    for name in ('id', 'center'):
+        values = np.load(whole / f'detailed_{name}_loss.npy')
+        assert values.shape == (10, 12) and np.all(np.isfinite(values)) and np.all(values > 0)
+    # The centres are saved, and moved (from zeros) towards the features.
+    reader = tf.train.load_checkpoint(str(whole / 'checkpoint-10'))
+    centres = reader.get_tensor('centres/.ATTRIBUTES/VARIABLE_VALUE')
+    assert centres.shape == (13, 16) and np.abs(centres).max() > 0
+
+    # Stopped after 6 of the 10 iterations, resumed from args.json: every flag, the centres
+    # and Adam's state come back, and the weights are those of the whole run.
+    assert train_in_process(monkeypatch, *data, '--experiment_root', part, *STRONG,
+                            '--train_iterations', '6') == 0
+    settings = json.loads((part / 'args.json').read_text())
+    settings['train_iterations'] = 10
+    settings['detailed_logs'] = False  # sized for the 6 iterations of the first run
+    (part / 'args.json').write_text(json.dumps(settings))
+    assert train_in_process(monkeypatch, '--experiment_root', part, '--resume') == 0
+    assert checkpoint_steps(part) == [0, 4, 6, 8, 10]
+    assert_bit_identical(part / 'checkpoint-10', whole / 'checkpoint-10')
+
+    # embed.py writes BN(f) of the root, rebuilding its classifier from args.json.
+    embed.main(['--experiment_root', str(whole), '--dataset', str(csv), '--quiet',
+                '--image_root', str(images)])
+    emb = read_h5(whole / 'train_embeddings.h5')['emb']
+    assert emb.shape == (62, 16) and np.all(np.isfinite(emb))
+
+
+def test_id_loss_needs_a_classifier_and_the_nan_guard_covers_it(monkeypatch, tmp_path, dataset):
+    csv, images = dataset
+    data = ['--train_set', csv, '--image_root', images, '--experiment_root', tmp_path / 'r']
+    fc1024 = [flag if flag != 'bnneck' else 'fc1024' for flag in STRONG]
+    with pytest.raises(common.InputError, match='--id_loss_weight 1: --head_name fc1024 has no '
+                                                'identity classifier'):
+        train_in_process(monkeypatch, *data, *fc1024, '--train_iterations', '2')
+    with pytest.raises(common.InputError, match='--lr_schedule step needs --lr_steps'):
+        train_in_process(monkeypatch, *data, '--lr_schedule', 'step')
+    real = loss.id_loss
+    monkeypatch.setattr(loss, 'id_loss', lambda *args: real(*args) * np.nan)
+    assert train_in_process(monkeypatch, *data, *STRONG, '--train_iterations', '3') == 1
+    errors = [line for line in (tmp_path / 'r' / 'train.log').read_text().splitlines()
+              if 'ERROR' in line]
+    assert len(errors) == 1 and 'the ID loss' in errors[0] and 'iteration 1' in errors[0]
