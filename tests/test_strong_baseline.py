@@ -2,6 +2,8 @@
 weight decay, warmup and steps, random erasing and pad-crop, GeM; their reports, the NaN
 guard, and --resume continuing them bit for bit."""
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,8 +12,9 @@ import tensorflow as tf
 import common
 import embed
 import loss
-from conftest import read_h5, write_dataset
-from test_train import assert_bit_identical, checkpoint_steps, train_in_process
+import train
+from conftest import ROOT, read_h5, write_dataset
+from test_train import FAKE_PYTHON, assert_bit_identical, checkpoint_steps, train_in_process
 
 STRONG = ['--model_name', 'small_cnn', '--head_name', 'bnneck', '--embedding_dim', '16',
           '--batch_p', '4', '--batch_k', '3', '--net_input_height', '32', '--net_input_width',
@@ -92,3 +95,37 @@ def test_id_loss_needs_a_classifier_and_the_nan_guard_covers_it(monkeypatch, tmp
     errors = [line for line in (tmp_path / 'r' / 'train.log').read_text().splitlines()
               if 'ERROR' in line]
     assert len(errors) == 1 and 'the ID loss' in errors[0] and 'iteration 1' in errors[0]
+
+
+@pytest.mark.parametrize('script, epoch', [('market1501_bot_train.sh', 186),
+                                           ('duke_mtmc_bot_train.sh', 241)])
+def test_bot_scripts_set_the_papers_flags_in_iterations(script, epoch, tmp_path):
+    fake = tmp_path / 'python'
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    env = {**os.environ, 'PYTHON': str(fake), 'ARGV_FILE': str(tmp_path / 'argv')}
+
+    def parsed(*arguments):
+        done = subprocess.run(['sh', str(ROOT / script), *arguments], capture_output=True,
+                              text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        argv = (tmp_path / 'argv').read_text().splitlines()
+        return vars(train.parser.parse_args(argv[1:]))
+    stored = parsed('IMAGES', 'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5', 'ROOT',
+                    '--train_set', 'mine.csv', '--batch_p', '8')
+    assert (stored['head_name'], stored['embedding_dim'], stored['last_stride']) == (
+        'bnneck', 2048, 1)
+    assert stored['resnet_layout'] == 'keras'  # Keras' weights in Keras' layout
+    assert (stored['batch_p'], stored['batch_k']) == (8, 4)  # forwarded flags win
+    assert (stored['margin'], stored['id_loss_weight'], stored['label_smoothing']) == (
+        0.3, 1.0, 0.1)
+    assert (stored['center_loss_weight'], stored['center_lr']) == (0.0005, 0.5)
+    assert (stored['random_erasing'], stored['pad_crop'], stored['flip_augment']) == (
+        0.5, 10, True)
+    assert not stored['crop_augment']
+    assert (stored['learning_rate'], stored['weight_decay']) == (3.5e-4, 5e-4)
+    assert stored['warmup_iterations'] == 10 * epoch and stored['lr_schedule'] == 'step'
+    assert stored['lr_steps'] == f'{40 * epoch},{70 * epoch}' and stored['lr_gamma'] == 0.1
+    assert stored['train_iterations'] == 120 * epoch
+    slim = parsed('IMAGES', 'resnet_v1_50.ckpt', 'ROOT', '--train_set', 'x')
+    assert slim['resnet_layout'] == 'slim' and slim['initial_checkpoint'] == 'resnet_v1_50.ckpt'
