@@ -12,6 +12,13 @@ processes hits both alike; the median step time of each is used.
 --head_name) in float32 against the same model built under that mixed-precision policy, as
 train.py --mixed_precision builds it (float16 with its loss scaling), alternating in the same way.
 
+--recipe times the strong baseline's head and losses against the 2017 ones on the same
+backbone (--model_name, default resnet_v1_50, last stride 2 in both): "2017" is build_model(net,
+'fc1024', 128) with the batch-hard soft-margin loss; "strong baseline" is build_model(net,
+'bnneck', <its channels>, num_classes=751) with the batch-hard loss (margin 0.3) + the ID loss
+with label smoothing 0.1 + the center loss 0.0005 (and its centres' update), as
+market1501_bot_train.sh trains. It prints what the new parts cost per step.
+
 --input_only times batches.make_dataset alone, the pipeline train.py feeds the step with (decode
 JPEG, resize to the pre-crop size, random crop, random flip, PK batches), on JPEG files of
 Market-1501's size (128x64) that it writes to a temporary folder, and reports images/s and
@@ -21,6 +28,7 @@ images per CPU-second: what one core delivers, and so how many cores a GPU at a 
     python benchmarks/train_speed.py --mixed_precision bfloat16 [--model_name small_cnn]
     python benchmarks/train_speed.py --input_only [--batches 30]
     python benchmarks/train_speed.py --determinism
+    python benchmarks/train_speed.py --recipe [--model_name small_cnn]
 
 `--determinism` times what train.py --deterministic costs instead: the same step of "ours"
 with TensorFlow's op determinism on and off, two copies of the model, alternating. The
@@ -55,10 +63,13 @@ parser.add_argument('--width', type=common.positive_int, default=128, help='inpu
 parser.add_argument('--jit', action='store_true', help='compile both steps with XLA')
 parser.add_argument('--determinism', action='store_true',
                     help='time ours with op determinism on vs off, instead of vs plain Keras')
+parser.add_argument('--recipe', action='store_true',
+                    help="time the strong baseline's BNNeck + ID + center loss against the 2017 "
+                         'fc1024 head and triplet loss, on the same backbone')
 parser.add_argument('--mixed_precision', choices=PRECISIONS[1:], default=None,
                     help='compare our model in float32 against it in this mixed precision')
 parser.add_argument('--model_name', default='resnet_v1_50', choices=plugin_names('nets'),
-                    help='with --mixed_precision: the backbone')
+                    help='with --mixed_precision or --recipe: the backbone')
 parser.add_argument('--head_name', default='fc1024', choices=plugin_names('heads'),
                     help='with --mixed_precision: the head')
 parser.add_argument('--input_only', action='store_true',
@@ -98,12 +109,22 @@ def time_steps(args) -> None:
     images = tf.constant(rng.uniform(0, 255, (batch, args.height, args.width, 3)), tf.float32)
     pids = tf.constant(np.repeat(np.arange(args.batch_p), args.batch_k), tf.int32)
     switch = {}  # a function to call before each step of a model, if it needs one
+    losses = {}  # (margin, replicas.Extras) of a model, if not the 2017 loss
     if args.determinism:
         from tensorflow.python.framework import config
         models = {'ours, op determinism on': build_model('resnet_v1_50', 'fc1024', 128),
                   'ours, op determinism off': build_model('resnet_v1_50', 'fc1024', 128)}
         switch = {'ours, op determinism on': config.enable_op_determinism,
                   'ours, op determinism off': config.disable_op_determinism}
+    elif args.recipe:
+        old = build_model(args.model_name, 'fc1024', 128)
+        models = {f'2017: {args.model_name} + fc1024, triplet': old}
+        name = f'strong baseline: {args.model_name} + bnneck, triplet + ID + center'
+        channels = old.output['model_output'].shape[-1]  # BNNeck on the pooled feature
+        models[name] = build_model(args.model_name, 'bnneck', channels, num_classes=751)
+        losses[name] = (0.3, replicas.Extras(id_weight=1.0, label_smoothing=0.1,
+                                             center_weight=5e-4, center_lr=0.5,
+                                             centres=replicas.make_centres(751, channels)))
     elif args.mixed_precision:
         net = f'{args.model_name} + {args.head_name}'
         models = {f'{net}, float32': build_model(args.model_name, args.head_name, 128),
@@ -120,8 +141,9 @@ def time_steps(args) -> None:
         if index == 1 and args.mixed_precision == 'float16':  # as train.py does
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
-        steps[name] = replicas.make_train_step(model, optimizer, 'batch_hard', 'soft', 'euclidean',
-                                            jit=args.jit)
+        margin, extras = losses.get(name, ('soft', replicas.NO_EXTRAS))
+        steps[name] = replicas.make_train_step(model, optimizer, 'batch_hard', margin, 'euclidean',
+                                               jit=args.jit, extras=extras)
     times = {name: [] for name in steps}
     for name, step in steps.items():
         switch.get(name, lambda: None)()
@@ -140,6 +162,10 @@ def time_steps(args) -> None:
     first, second = speed.values()
     if args.determinism:
         label, ratio = 'deterministic / default', first / second
+    elif args.recipe:
+        label, ratio = 'strong baseline / 2017', second / first
+        print(f'the strong baseline\'s head and losses cost {100 * (first / second - 1):+.1f}% '
+              f'time per step  [{machine}]')
     elif args.mixed_precision:
         label, ratio = f'{args.mixed_precision} / float32', second / first
     else:

@@ -18,6 +18,11 @@ RUNS = {
         ['--mixed_precision', 'float16', '--model_name', 'small_cnn', '--steps', '1',
          '--batch_p', '2', '--batch_k', '2', '--height', '32', '--width', '16'],
         r'ratio float16 / float32: \d+\.\d\d'),
+    'train_speed.py --recipe': (
+        ['--recipe', '--model_name', 'small_cnn', '--steps', '1', '--batch_p', '2', '--batch_k',
+         '2', '--height', '32', '--width', '16'],
+        r"strong baseline's head and losses cost [-+]\d+\.\d% time per step(.|\n)*"
+        r'ratio strong baseline / 2017: \d+\.\d\d'),
     'train_speed.py --input_only': (
         ['--input_only', '--batch_p', '2', '--batch_k', '2', '--height', '32', '--width', '16',
          '--jpeg_height', '40', '--jpeg_width', '20', '--batches', '2'],
