@@ -1,0 +1,219 @@
+"""Video re-identification: frames grouped into tracklets, pooled, and scored as one entry each.
+
+The protocol is that of MARS (Zheng et al., ECCV 2016) as its authors' MARS-evaluation code
+computes it (`process_box_feat.m`, `evaluation_mars.m`):
+
+- a tracklet's embedding pools its frames' embeddings: element-wise max, then L2
+  normalisation (`--tracklets max --tracklet_normalize`); the mean is the other usual choice;
+- the gallery is every test tracklet, the query tracklets included; for a query tracklet,
+  gallery tracklets of its identity seen by its camera (itself among them) and junk tracklets
+  (identity -1, `00-1` in names) are ignored; distractors (identity 0) count as negatives;
+- tracklets are ranked by the Euclidean distance of the pooled embeddings, and scored with
+  the Market-1501 trapezoid AP and CMC.
+
+Here the frames come from dataset CSVs (one line per image) and HDF5 embeddings, as for images.
+A frame's tracklet is read from its path through the excluder's PATTERN: the frames of one
+tracklet share their folder and the part of the file name up to the end of the pattern's last
+group (MARS: `bbox_test/0001/0001C1T0001`, identity, camera and tracklet number; DukeMTMC-
+VideoReID, whose tracklet is a folder: `gallery/0001/0034/0001_C6`); for an excluder without a
+pattern (`diagonal`) a tracklet is a folder. A query CSV listing some frames of a tracklet pools
+those frames. The excluder's rule is applied to one frame of each tracklet, and a query's own
+tracklet (the same name in the gallery) is always ignored.
+
+What differs from the authors' code: their pooling reads the frame ranges of
+`tracks_test_info.mat` from one feature matrix held whole in memory; here the HDF5 files are
+read in chunks of CHUNK_ROWS frames, so memory holds one chunk plus the pooled tracklets. A
+query without any valid match in the gallery gets AP 0/0 = NaN there (MATLAB), which makes
+their mAP NaN; MARS's official queries all have one. Here such a query is left out of mAP and
+CMC and counted, as for images.
+"""
+import re
+from pathlib import PurePosixPath
+
+import numpy as np
+
+import common
+
+CHUNK_ROWS = 2**16  # frames read at once: 32 MiB of 128-D float32 embeddings
+FRAMES_SHOWN = 3  # frames per tracklet on the results page: first, middle, last
+POOLINGS = ('max', 'mean')
+
+
+class Tracklets:
+    """The tracklets of one dataset CSV.
+
+    Attributes:
+        names: (T,) tracklet names, e.g. `bbox_test/0001/0001C1T0001`, in order of first frame.
+        pids: (T,) their identity (the CSV's identity column).
+        of_frame: (N,) the tracklet index of each CSV row.
+        sizes: (T,) frames per tracklet.
+        shown: (T,) lists of up to FRAMES_SHOWN fids (first, middle, last) for the results page.
+        embs: (T, D) pooled embeddings, once `pool` has run.
+    """
+
+    def __init__(self, pids: np.ndarray, fids: np.ndarray, pattern: str | None, csv_file: str):
+        regex = re.compile(pattern) if pattern else None
+        index, names, first = {}, [], []
+        of_frame = np.empty(len(fids), np.int64)
+        for row, fid in enumerate(fids):
+            name = tracklet_name(fid, regex, csv_file)
+            number = index.setdefault(name, len(names))
+            if number == len(names):
+                names.append(name)
+                first.append(row)
+            elif pids[row] != pids[first[number]]:
+                raise common.InputError(
+                    f'{csv_file}: tracklet {name} holds identity {pids[first[number]]} '
+                    f'({fids[first[number]]}) and {pids[row]} ({fid})')
+            of_frame[row] = number
+        self.names, self.pids = np.array(names), pids[first]
+        self.first_fids, self.of_frame = fids[first], of_frame
+        self.sizes = np.bincount(of_frame, minlength=len(names))
+        self.shown = _frames_shown(fids, of_frame, len(names))
+        self.embs = None
+
+    def pool(self, h5_files: str | list[str], pooling: str, normalize: bool,
+             csv_file: str) -> None:
+        """Sets `embs` (T, D): each tracklet's max or mean over its frames' embeddings, read
+        from `h5_files` (one file, or shards whose rows follow each other) in chunks."""
+        total, pooled = 0, None
+        for h5_file in [h5_files] if isinstance(h5_files, str) else h5_files:
+            for start, chunk in common.embedding_chunks(h5_file, CHUNK_ROWS):
+                rows = slice(total + start, total + start + len(chunk))
+                if pooled is None:
+                    pooled = np.full((len(self.names), chunk.shape[1]),
+                                     -np.inf if pooling == 'max' else 0.0)
+                elif chunk.shape[1] != pooled.shape[1]:
+                    raise common.InputError(f'{h5_file}: {chunk.shape[1]}-D embeddings after '
+                                            f'{pooled.shape[1]}-D ones')
+                if rows.stop <= len(self.of_frame):
+                    _pool_chunk(pooled, chunk, self.of_frame[rows], pooling)
+            total = rows.stop
+        if total != len(self.of_frame):
+            files = h5_files if isinstance(h5_files, str) else ', '.join(h5_files)
+            raise common.InputError(f'{csv_file} has {len(self.of_frame)} rows but the '
+                                    f'embeddings have {total} ({files}): were they computed '
+                                    'from another CSV?')
+        if pooling == 'mean':
+            pooled /= self.sizes[:, None]
+        if normalize:
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        self.embs = pooled.astype(np.float32)
+
+
+def tracklet_name(fid: str, regex: re.Pattern | None, csv_file: str) -> str:
+    """`folder/name-up-to-the-frame` of one frame's path (see the module docstring)."""
+    path = PurePosixPath(str(fid).replace('\\', '/'))
+    folder = '' if str(path.parent) == '.' else f'{path.parent}/'
+    if regex is None:
+        if not folder:
+            raise common.InputError(f'{csv_file}: {fid} is in no folder: without a file-name '
+                                    'pattern (this --excluder) a tracklet is a folder')
+        return folder[:-1]
+    match = regex.match(path.name)
+    if match is None:
+        raise common.InputError(f'{csv_file}: {fid} does not name a tracklet frame (expected '
+                                f'names matching {regex.pattern!r}); choose another --excluder')
+    return folder + path.name[:match.end(regex.groups)] if regex.groups else folder[:-1]
+
+
+def _frames_shown(fids: np.ndarray, of_frame: np.ndarray, count: int) -> list[list[str]]:
+    """Up to FRAMES_SHOWN fids of each tracklet, evenly spread over its CSV rows."""
+    order = np.argsort(of_frame, kind='stable')
+    starts = np.searchsorted(of_frame[order], np.arange(count + 1))
+    shown = []
+    for t in range(count):
+        rows = order[starts[t]:starts[t + 1]]
+        picks = np.unique(np.linspace(0, len(rows) - 1, FRAMES_SHOWN).round().astype(int))
+        shown.append([str(fids[rows[i]]) for i in picks])
+    return shown
+
+
+def _pool_chunk(pooled: np.ndarray, chunk: np.ndarray, of_frame: np.ndarray, pooling: str) -> None:
+    """Folds a chunk of frames (n, D) into `pooled` (T, D), max or sum per tracklet."""
+    if len(chunk) == 0:
+        return
+    if np.any(of_frame[1:] < of_frame[:-1]):  # sorted CSVs keep a tracklet's frames together
+        order = np.argsort(of_frame, kind='stable')
+        chunk, of_frame = chunk[order], of_frame[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(of_frame)) + 1]
+    ids = of_frame[starts]  # each once
+    if pooling == 'max':
+        pooled[ids] = np.maximum(pooled[ids], np.maximum.reduceat(chunk, starts))
+    else:
+        pooled[ids] += np.add.reduceat(chunk.astype(np.float64), starts)
+
+
+class TrackletExcluder:
+    """An image excluder's rule applied to tracklets, one frame standing for each.
+
+    Args:
+        excluder_class: the `Excluder` of an excluders/ module.
+        query, gallery: Tracklets of the query and the gallery CSV.
+
+    Calling it with query tracklet names (B,) gives the (B, T) mask of gallery tracklets to
+    ignore: those the rule ignores for the query's first frame, and the query's own tracklet.
+    """
+
+    def __init__(self, excluder_class, query: Tracklets, gallery: Tracklets):
+        self.frames = excluder_class(gallery.first_fids)
+        self.first_fid = dict(zip(query.names, query.first_fids, strict=True))
+        self.own = {name: column for column, name in enumerate(gallery.names)}
+        self.gallery_size = len(gallery.names)
+
+    def __call__(self, query_names: np.ndarray) -> np.ndarray:
+        mask = self.frames(np.array([self.first_fid[name] for name in query_names]))
+        for row, name in enumerate(query_names):
+            if name in self.own:
+                mask[row, self.own[name]] = True
+        return mask
+
+
+def check_split(query: Tracklets, gallery: Tracklets, query_csv: str, gallery_csv: str) -> int:
+    """Raises if a tracklet has one identity in the query CSV and another in the gallery's;
+    returns how many query tracklets are also gallery tracklets (MARS: all of them)."""
+    column = {name: i for i, name in enumerate(gallery.names)}
+    shared = 0
+    for name, pid, fid in zip(query.names, query.pids, query.first_fids, strict=True):
+        if name in column:
+            shared += 1
+            other = column[name]
+            if gallery.pids[other] != pid:
+                raise common.InputError(
+                    f'tracklet {name} has identity {pid} in {query_csv} ({fid}) but '
+                    f'{gallery.pids[other]} in {gallery_csv} ({gallery.first_fids[other]})')
+    return shared
+
+
+def load(query_csv: str, query_h5, gallery_csv: str, gallery_h5, excluder_module,
+         pooling: str, normalize: bool) -> tuple[Tracklets, Tracklets, TrackletExcluder, dict]:
+    """Reads both CSVs, groups their frames into tracklets and pools the embeddings.
+
+    Returns:
+        query and gallery Tracklets (with `embs`), the TrackletExcluder, and what the JSON
+        records: pooling, normalisation, counts of tracklets and frames.
+
+    Raises:
+        common.InputError: names that do not parse, a tracklet with two identities (within a
+            CSV, or between query and gallery), row counts or sizes that do not match.
+    """
+    pattern = getattr(excluder_module, 'PATTERN', None)
+    sets = []
+    for csv_file, h5_files in ((query_csv, query_h5), (gallery_csv, gallery_h5)):
+        pids, fids = common.load_dataset(csv_file)
+        tracklets = Tracklets(pids, fids, pattern, csv_file)
+        del pids, fids  # only the tracklets' own arrays are kept
+        tracklets.pool(h5_files, pooling, normalize, csv_file)
+        sets.append(tracklets)
+    query, gallery = sets
+    if query.embs.shape[1] != gallery.embs.shape[1]:
+        raise common.InputError(f'query embeddings are {query.embs.shape[1]}-D but gallery '
+                                f'embeddings are {gallery.embs.shape[1]}-D')
+    shared = check_split(query, gallery, query_csv, gallery_csv)
+    excluder = TrackletExcluder(excluder_module.Excluder, query, gallery)
+    info = {'pooling': pooling, 'normalize': normalize,
+            'query_tracklets': len(query.names), 'gallery_tracklets': len(gallery.names),
+            'query_frames': len(query.of_frame), 'gallery_frames': len(gallery.of_frame),
+            'query_tracklets_in_gallery': shared,
+            'single_frame_tracklets': int((query.sizes == 1).sum() + (gallery.sizes == 1).sum())}
+    return query, gallery, excluder, info
