@@ -28,6 +28,7 @@ lighting, noise):
 """
 import argparse
 import csv
+import io
 import shutil
 import sys
 from pathlib import Path
@@ -372,7 +373,10 @@ def make_video(args: argparse.Namespace, out: Path) -> None:
             name = f'{pid}C{cam_index + 1}T{number:04d}F{frame:03d}.jpg'
             fid = f'{VIDEO_SPLITS[split]}/{pid}/{name}'
             (out / fid).parent.mkdir(exist_ok=True)
-            (out / fid).write_bytes(photograph(moved, rng, cam))
+            # The same draw of lighting, blur and noise for every frame: the camera's
+            # settings do not jump within a tracklet; the moving person changes the pixels.
+            look = np.random.default_rng([args.seed, 7, len(tables[split]), cam_index])
+            (out / fid).write_bytes(photograph(moved, look, cam))
             fids.append(fid)
         tables[split] += [(pid, fid) for fid in fids]
         if split == 'test':
@@ -416,10 +420,15 @@ def write_info(out: Path, tracks: list, queries: list[int]) -> None:
         names += [fid.rsplit('/', 1)[1] for fid in fids]
     position = {t: n for n, t in enumerate(order, start=1)}
     (out / 'info' / 'test_name.txt').write_text(''.join(f'{name}\n' for name in names))
-    scipy.io.savemat(out / 'info' / 'tracks_test_info.mat',
-                     {'track_test_info': np.array(rows, np.float64)})
-    scipy.io.savemat(out / 'info' / 'query_IDX.mat',
-                     {'query_IDX': np.array([[position[q] for q in queries]], np.float64)})
+    variables = {'tracks_test_info': ('track_test_info', rows),
+                 'query_IDX': ('query_IDX', [[position[q] for q in queries]])}
+    for file, (key, value) in variables.items():
+        data = io.BytesIO()
+        scipy.io.savemat(data, {key: np.array(value, np.float64)})
+        # The 116-byte text of a MAT-file's header holds the time it was written: a fixed
+        # text instead keeps "same seed, same bytes".
+        text = b'MATLAB 5.0 MAT-file, written by make_demo.py'.ljust(116)
+        (out / 'info' / f'{file}.mat').write_bytes(text + data.getvalue()[116:])
 
 
 if __name__ == '__main__':

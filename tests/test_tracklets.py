@@ -264,3 +264,102 @@ def test_bad_input_is_one_line_naming_the_files(case, tmp_path, monkeypatch, cap
     assert err.count('\n') == 1 and 'Traceback' not in err
     for word in expected:
         assert word in err
+
+
+def test_aqe_and_rerank_on_tracklets_are_those_of_pooled_images(tmp_path, monkeypatch, capsys):
+    """--aqe and --rerank with --tracklets give what the image evaluation gives on a CSV of one
+    line per tracklet (its first frame) with the pooled embeddings."""
+    data = hand_made(np.random.default_rng(4))
+    argv = write_files(tmp_path, data)
+    options = ['--aqe', '2', '--rerank', '--k1', '4', '--k2', '2', '--filename']
+    code, _, err = run_in_process([*argv, '--tracklets', 'max', '--tracklet_normalize',
+                                   *options, tmp_path / 'tracklets.json'], monkeypatch, capsys)
+    assert code == 0, err
+    (tmp_path / 'x').mkdir()
+    query, gallery, _, _ = tracklet_evaluation(data, 'max', True, True, tmp_path / 'x')
+    for side, sets in (('query', query), ('test', gallery)):
+        (tmp_path / f'{side}_one.csv').write_text(''.join(
+            f'{p},{f}\n' for p, f in zip(sets.pids, sets.first_fids, strict=True)))
+        common.save_embeddings(tmp_path / f'{side}_one.h5', sets.embs)
+    images = ['--excluder', 'mars', '--use_market_ap']
+    for side, flag in (('query', 'query'), ('test', 'gallery')):
+        images += [f'--{flag}_dataset', tmp_path / f'{side}_one.csv',
+                   f'--{flag}_embeddings', tmp_path / f'{side}_one.h5']
+    code, _, err = run_in_process([*images, *options, tmp_path / 'images.json'], monkeypatch,
+                                  capsys)
+    assert code == 0, err
+    by_tracklet = json.loads((tmp_path / 'tracklets.json').read_text())
+    by_image = json.loads((tmp_path / 'images.json').read_text())
+    assert by_tracklet['aqe'] == by_image['aqe'] and by_tracklet['rerank'] == by_image['rerank']
+    np.testing.assert_allclose(np.array(by_tracklet['aps'], float),
+                               np.array(by_image['aps'], float), atol=1e-9)
+    assert by_tracklet['CMC'] == pytest.approx(by_image['CMC'])
+
+
+# ----------------------------------------------------------------------------- the video demo
+MAKE_DEMO = ROOT / 'data' / 'make_demo.py'
+VIDEO = ['--video', '--train_ids', '3', '--test_ids', '4', '--cameras', '3', '--distractors', '2',
+         '--junk', '2', '--height', '64', '--width', '32']
+
+
+def make_video_demo(out):
+    done = subprocess.run([sys.executable, str(MAKE_DEMO), '--out', str(out), *VIDEO],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob('*') if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def video_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp('video') / 'demo'
+    return out, make_video_demo(out)
+
+
+def test_video_demo_is_mars(video_demo, tmp_path):
+    out, files = video_demo
+    assert make_video_demo(tmp_path / 'again') == files  # same seed, same bytes
+    # prepare.py mars reads the folder (and the info/ files) back into the very same CSVs.
+    done = subprocess.run([sys.executable, str(ROOT / 'data' / 'prepare.py'), 'mars', str(out),
+                           '--out', str(tmp_path / 'csv')], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for split in ('train', 'query', 'test'):
+        assert (tmp_path / 'csv' / f'mars_{split}.csv').read_bytes() == files[f'demo_{split}.csv']
+    pids, fids = common.load_dataset(out / 'demo_test.csv')
+    test = tracklets.Tracklets(pids, fids, mars.PATTERN, 'demo_test.csv')
+    query = tracklets.Tracklets(*common.load_dataset(out / 'demo_query.csv'), mars.PATTERN, 'q')
+    assert set(query.names) <= set(test.names) and test.sizes.max() > 1
+    assert {'0000', '00-1'} <= set(test.pids)
+    excluder = tracklets.TrackletExcluder(mars.Excluder, query, test)
+    answerable = (test.pids[None, :] == query.pids[:, None]) & ~excluder(query.names)
+    assert answerable.any(axis=1).all()  # every query has its identity from another camera
+    # Frames of a tracklet change a little; different tracklets differ more.
+    import cv2
+    images = [cv2.imread(str(out / f)).astype(float) for f in fids]
+    within = [np.abs(images[i] - images[i + 1]).mean() for i in range(len(fids) - 1)
+              if test.of_frame[i] == test.of_frame[i + 1]]
+    firsts = [images[list(fids).index(f)] for f in test.first_fids]
+    across = [np.abs(a - b).mean() for i, a in enumerate(firsts) for b in firsts[i + 1:]]
+    assert 0 < min(within) and max(within) < min(across)
+
+
+def test_report_shows_frames_per_tracklet(video_demo, tmp_path, monkeypatch, capsys):
+    import cv2
+
+    import report
+    out, _ = video_demo
+    argv = ['--excluder', 'mars', '--tracklets', 'mean', '--image_root', out,
+            '--report', tmp_path / 'report', '--report_queries', '2', '--top_k', '3']
+    for side, flag in (('query', 'query'), ('test', 'gallery')):
+        fids = common.load_dataset(out / f'demo_{side}.csv')[1]
+        pixels = [cv2.resize(cv2.imread(str(out / f)), (4, 8)).ravel() / 255 for f in fids]
+        common.save_embeddings(tmp_path / f'{side}.h5', np.array(pixels))
+        argv += [f'--{flag}_dataset', out / f'demo_{side}.csv',
+                 f'--{flag}_embeddings', tmp_path / f'{side}.h5']
+    code, _, err = run_in_process(argv, monkeypatch, capsys)
+    assert code == 0, err
+    pictures = sorted((tmp_path / 'report' / 'queries').glob('*.png'))
+    assert len(pictures) == 2
+    assert 'bbox_test/' in (tmp_path / 'report' / 'index.html').read_text()
+    frames = [str(out / f) for f in common.load_dataset(out / 'demo_query.csv')[1][:3]]
+    assert report.read_thumbnail(frames).shape == (report.THUMB[0], 3 * report.THUMB[1], 3)
+    assert report.read_thumbnail([str(tmp_path / 'missing.jpg')]) is None
