@@ -34,8 +34,10 @@ parser.add_argument('--excluder', required=True, choices=plugin_names('excluders
                     help='The evaluation protocol: which gallery entries to ignore for a query.')
 parser.add_argument('--query_dataset', required=True,
                     help='CSV of the queries (identity,path); row i belongs to embedding i.')
-parser.add_argument('--query_embeddings', required=True,
-                    help='HDF5 file with the query embeddings (dataset "emb" or "embs").')
+parser.add_argument('--query_embeddings', default=None,
+                    help='HDF5 file with the query embeddings (dataset "emb" or "embs").\n'
+                         'Required, except with --tracklets: then, if not given, the query\n'
+                         "frames' embeddings are those of the same files in the gallery.")
 parser.add_argument('--gallery_dataset', required=True, help='CSV of the gallery.')
 parser.add_argument('--gallery_embeddings', required=True,
                     help='HDF5 file with the gallery embeddings.')
@@ -339,6 +341,9 @@ def check_options(args: argparse.Namespace) -> dict:
     if not args.multi_query and files != (None, None):
         raise common.InputError('--multi_query_dataset and --multi_query_embeddings need '
                                 '--multi_query mean or max')
+    if args.query_embeddings is None and not args.tracklets:
+        raise common.InputError('--query_embeddings is required (only --tracklets can take the '
+                                'query frames from the gallery)')
     if args.tracklet_normalize and not args.tracklets:
         raise common.InputError('--tracklet_normalize only applies with --tracklets max|mean')
     if args.tracklets and args.multi_query:
@@ -446,7 +451,8 @@ def write_report(args: argparse.Namespace, result: dict, used: dict, query_pids:
     the evaluation used (re-ranked, or of the expanded or pooled queries). With tracklets,
     `shown` holds the few frames (fids) of each query and gallery tracklet to draw."""
     import report
-    image_root = args.image_root or stored_image_root(args.query_embeddings) or '.'
+    image_root = (args.image_root or stored_image_root(args.query_embeddings
+                                                       or args.gallery_embeddings) or '.')
     split = {'query': (query_pids, query_fids), 'gallery': (gallery_pids, gallery_fids)}
     splits = {}
     for side, (name, (pids, fids)) in enumerate(split.items()):
@@ -458,7 +464,7 @@ def write_report(args: argparse.Namespace, result: dict, used: dict, query_pids:
     options = {'protocol (--excluder)': args.excluder, 'metric': args.metric,
                'AP': 'Market-1501 MATLAB' if used['ap'] == 'market1501' else 'scikit-learn',
                'queries': len(query_pids), 'gallery': len(gallery_pids),
-               'query embeddings': args.query_embeddings,
+               'query embeddings': args.query_embeddings or 'the gallery\'s',
                'gallery embeddings': args.gallery_embeddings, 'images': image_root,
                'options': describe(used) or 'none'}
     try:
@@ -530,7 +536,7 @@ def main() -> None:
     if args.aqe:
         if args.aqe > len(gallery_fids):
             raise common.InputError(f'--aqe {args.aqe} is more than the {len(gallery_fids)} '
-                                    'gallery entries')
+                                    f'gallery {"tracklets" if args.tracklets else "images"}')
         neighbours = nearest_kept(query_fids, query_embs, gallery_embs, excluder, args.metric,
                                   args.aqe, args.batch_size)
         query_embs = rerank.expand_queries(query_embs, gallery_embs, neighbours, args.aqe_alpha)

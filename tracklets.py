@@ -72,33 +72,44 @@ class Tracklets:
         self.shown = _frames_shown(fids, of_frame, len(names))
         self.embs = None
 
-    def pool(self, h5_files: str | list[str], pooling: str, normalize: bool,
-             csv_file: str) -> None:
+    def pool(self, h5_files: str | list[str], pooling: str, normalize: bool, csv_file: str,
+             also: tuple['Tracklets', np.ndarray] | None = None) -> None:
         """Sets `embs` (T, D): each tracklet's max or mean over its frames' embeddings, read
-        from `h5_files` (one file, or shards whose rows follow each other) in chunks."""
-        total, pooled = 0, None
+        from `h5_files` (one file, or shards whose rows follow each other) in chunks.
+
+        `also` = (other Tracklets, (n,) file rows of its frames) pools those in the same pass:
+        query tracklets whose frames are rows of the gallery's files.
+        """
+        targets = [(self, None)] + ([also] if also else [])
+        pooled, total = [], 0
         for h5_file in [h5_files] if isinstance(h5_files, str) else h5_files:
             for start, chunk in common.embedding_chunks(h5_file, CHUNK_ROWS):
-                rows = slice(total + start, total + start + len(chunk))
-                if pooled is None:
-                    pooled = np.full((len(self.names), chunk.shape[1]),
-                                     -np.inf if pooling == 'max' else 0.0)
-                elif chunk.shape[1] != pooled.shape[1]:
+                first, last = total + start, total + start + len(chunk)
+                if not pooled:
+                    pooled = [np.full((len(sets.names), chunk.shape[1]),
+                                      -np.inf if pooling == 'max' else 0.0) for sets, _ in targets]
+                elif chunk.shape[1] != pooled[0].shape[1]:
                     raise common.InputError(f'{h5_file}: {chunk.shape[1]}-D embeddings after '
-                                            f'{pooled.shape[1]}-D ones')
-                if rows.stop <= len(self.of_frame):
-                    _pool_chunk(pooled, chunk, self.of_frame[rows], pooling)
-            total = rows.stop
+                                            f'{pooled[0].shape[1]}-D ones')
+                for (sets, rows), out in zip(targets, pooled, strict=True):
+                    if rows is None and last <= len(self.of_frame):
+                        _pool_chunk(out, chunk, sets.of_frame[first:last], pooling)
+                    elif rows is not None:
+                        frames = np.flatnonzero((rows >= first) & (rows < last))
+                        _pool_chunk(out, chunk[rows[frames] - first], sets.of_frame[frames],
+                                    pooling)
+            total = last
         if total != len(self.of_frame):
             files = h5_files if isinstance(h5_files, str) else ', '.join(h5_files)
             raise common.InputError(f'{csv_file} has {len(self.of_frame)} rows but the '
                                     f'embeddings have {total} ({files}): were they computed '
                                     'from another CSV?')
-        if pooling == 'mean':
-            pooled /= self.sizes[:, None]
-        if normalize:
-            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        self.embs = pooled.astype(np.float32)
+        for (sets, _), out in zip(targets, pooled, strict=True):
+            if pooling == 'mean':
+                out /= sets.sizes[:, None]
+            if normalize:
+                out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            sets.embs = out.astype(np.float32)
 
 
 def tracklet_name(fid: str, regex: re.Pattern | None, csv_file: str) -> str:
@@ -185,9 +196,24 @@ def check_split(query: Tracklets, gallery: Tracklets, query_csv: str, gallery_cs
     return shared
 
 
+def gallery_rows(query_fids: np.ndarray, gallery_fids: np.ndarray, query_csv: str,
+                 gallery_csv: str) -> np.ndarray:
+    """(Q,) the gallery CSV's row of each query frame (the same file)."""
+    row_of = {fid: row for row, fid in enumerate(gallery_fids)}
+    missing = [fid for fid in query_fids if fid not in row_of]
+    if missing:
+        raise common.InputError(f'{len(missing)} frames of {query_csv} are not in {gallery_csv}, '
+                                f'e.g. {", ".join(missing[:3])}: without --query_embeddings '
+                                'the query frames are taken from the gallery')
+    return np.array([row_of[fid] for fid in query_fids], np.int64)
+
+
 def load(query_csv: str, query_h5, gallery_csv: str, gallery_h5, excluder_module,
          pooling: str, normalize: bool) -> tuple[Tracklets, Tracklets, TrackletExcluder, dict]:
     """Reads both CSVs, groups their frames into tracklets and pools the embeddings.
+
+    `query_h5` None takes the query frames' embeddings from the gallery's files (MARS: every
+    query frame is a test frame, and need not be embedded twice).
 
     Returns:
         query and gallery Tracklets (with `embs`), the TrackletExcluder, and what the JSON
@@ -195,17 +221,20 @@ def load(query_csv: str, query_h5, gallery_csv: str, gallery_h5, excluder_module
 
     Raises:
         common.InputError: names that do not parse, a tracklet with two identities (within a
-            CSV, or between query and gallery), row counts or sizes that do not match.
+            CSV, or between query and gallery), row counts or sizes that do not match, query
+            frames missing from the gallery CSV (without `query_h5`).
     """
     pattern = getattr(excluder_module, 'PATTERN', None)
-    sets = []
-    for csv_file, h5_files in ((query_csv, query_h5), (gallery_csv, gallery_h5)):
-        pids, fids = common.load_dataset(csv_file)
-        tracklets = Tracklets(pids, fids, pattern, csv_file)
-        del pids, fids  # only the tracklets' own arrays are kept
-        tracklets.pool(h5_files, pooling, normalize, csv_file)
-        sets.append(tracklets)
-    query, gallery = sets
+    query_pids, query_fids = common.load_dataset(query_csv)
+    query = Tracklets(query_pids, query_fids, pattern, query_csv)
+    gallery_pids, gallery_fids = common.load_dataset(gallery_csv)
+    gallery = Tracklets(gallery_pids, gallery_fids, pattern, gallery_csv)
+    rows = None if query_h5 else gallery_rows(query_fids, gallery_fids, query_csv, gallery_csv)
+    del query_pids, query_fids, gallery_pids, gallery_fids  # the tracklets keep what they need
+    if query_h5:
+        query.pool(query_h5, pooling, normalize, query_csv)
+    gallery.pool(gallery_h5, pooling, normalize, gallery_csv,
+                 also=None if query_h5 else (query, rows))
     if query.embs.shape[1] != gallery.embs.shape[1]:
         raise common.InputError(f'query embeddings are {query.embs.shape[1]}-D but gallery '
                                 f'embeddings are {gallery.embs.shape[1]}-D')
@@ -215,5 +244,6 @@ def load(query_csv: str, query_h5, gallery_csv: str, gallery_h5, excluder_module
             'query_tracklets': len(query.names), 'gallery_tracklets': len(gallery.names),
             'query_frames': len(query.of_frame), 'gallery_frames': len(gallery.of_frame),
             'query_tracklets_in_gallery': shared,
-            'single_frame_tracklets': int((query.sizes == 1).sum() + (gallery.sizes == 1).sum())}
+            'single_frame_tracklets': int((query.sizes == 1).sum() + (gallery.sizes == 1).sum()),
+            'query_frames_from': 'query' if query_h5 else 'gallery'}
     return query, gallery, excluder, info

@@ -154,6 +154,22 @@ def test_pooled_embeddings_and_partial_query_tracklets(tmp_path, monkeypatch):
     assert [len(frames) for frames in gallery.shown] == [min(3, n) for n in gallery.sizes]
 
 
+def test_query_frames_taken_from_the_gallery(tmp_path, monkeypatch):
+    """Without query embeddings the query frames are the gallery's rows of the same files:
+    the same pooled queries as from their own file, in one pass over the gallery's chunks."""
+    monkeypatch.setattr(tracklets, 'CHUNK_ROWS', 7)
+    data = hand_made(np.random.default_rng(5))
+    for pooling in ('max', 'mean'):
+        query, gallery, _, _ = tracklet_evaluation(data, pooling, True, True, tmp_path)
+        again, gallery_again, _, info = tracklets.load(
+            str(tmp_path / '0.csv'), None, str(tmp_path / '1.csv'), str(tmp_path / '1.h5'),
+            mars, pooling, True)
+        assert info['query_frames_from'] == 'gallery'
+        np.testing.assert_array_equal(again.names, query.names)
+        np.testing.assert_allclose(again.embs, query.embs, rtol=1e-6)
+        np.testing.assert_array_equal(gallery_again.embs, gallery.embs)
+
+
 def test_a_folder_is_a_tracklet_without_a_pattern(tmp_path):
     """`diagonal` has no pattern: a folder is a tracklet, and only the query's own is ignored."""
     fids = np.array(['a/t1/1.jpg', 'a/t1/2.jpg', 'a/t2/1.jpg', 'b/t3/1.jpg'])
@@ -200,7 +216,8 @@ def test_cli_writes_the_protocol_into_the_json(tmp_path):
     assert result['tracklets'] == {
         'pooling': 'max', 'normalize': True, 'query_tracklets': 5, 'gallery_tracklets': 15,
         'query_frames': len(data[1]), 'gallery_frames': len(data[4]),
-        'query_tracklets_in_gallery': 5, 'single_frame_tracklets': 5}
+        'query_tracklets_in_gallery': 5, 'single_frame_tracklets': 5,
+        'query_frames_from': 'query'}
 
 
 def run_in_process(argv, monkeypatch, capsys):
@@ -240,7 +257,8 @@ def rename(data, side, index, new_fid=None, new_pid=None):
     return tuple(data)
 
 
-@pytest.mark.parametrize('case', ['unparsable', 'split', 'two_identities', 'rows'])
+@pytest.mark.parametrize('case', ['unparsable', 'split', 'two_identities', 'rows',
+                                  'not_in_gallery'])
 def test_bad_input_is_one_line_naming_the_files(case, tmp_path, monkeypatch, capsys):
     data = hand_made(np.random.default_rng(3))
     if case == 'unparsable':
@@ -255,10 +273,15 @@ def test_bad_input_is_one_line_naming_the_files(case, tmp_path, monkeypatch, cap
         row = [i for i, f in enumerate(data[4]) if '0003C4T0002' in f][0]
         data = rename(data, 1, row, new_pid='0005')
         expected = ['0003C4T0002', 'test.csv', '0005']
-    else:
+    elif case == 'rows':
         data = (*data[:5], data[5][:-1])
         expected = ['test.csv', 'test.h5']
+    else:  # without query embeddings, a query frame that the gallery lacks
+        data = rename(data, 0, 0, new_fid='bbox_test/0001/0001C1T0001F009.jpg')
+        expected = ['0001C1T0001F009.jpg', 'query.csv', 'test.csv']
     argv = [*write_files(tmp_path, data), '--tracklets', 'max']
+    if case == 'not_in_gallery':
+        argv = argv[:4] + argv[6:]  # no --query_embeddings
     code, _, err = run_in_process(argv, monkeypatch, capsys)
     assert code == 2, err
     assert err.count('\n') == 1 and 'Traceback' not in err
