@@ -8,8 +8,8 @@ computes it (`process_box_feat.m`, `evaluation_mars.m`):
 - the gallery is every test tracklet, the query tracklets included; for a query tracklet,
   gallery tracklets of its identity seen by its camera (itself among them) and junk tracklets
   (identity -1, `00-1` in names) are ignored; distractors (identity 0) count as negatives;
-- tracklets are ranked by the Euclidean distance of the pooled embeddings, and scored with
-  the Market-1501 trapezoid AP and CMC.
+- tracklets are ranked by the Euclidean distance of the pooled embeddings (here: --metric,
+  euclidean by default), and scored with the Market-1501 trapezoid AP and CMC.
 
 Here the frames come from dataset CSVs (one line per image) and HDF5 embeddings, as for images.
 A frame's tracklet is read from its path through the excluder's PATTERN: the frames of one
@@ -21,11 +21,15 @@ those frames. The excluder's rule is applied to one frame of each tracklet, and 
 tracklet (the same name in the gallery) is always ignored.
 
 What differs from the authors' code: their pooling reads the frame ranges of
-`tracks_test_info.mat` from one feature matrix held whole in memory; here the HDF5 files are
-read in chunks of CHUNK_ROWS frames, so memory holds one chunk plus the pooled tracklets. A
-query without any valid match in the gallery gets AP 0/0 = NaN there (MATLAB), which makes
-their mAP NaN; MARS's official queries all have one. Here such a query is left out of mAP and
-CMC and counted, as for images.
+`tracks_test_info.mat` from one feature matrix held whole in memory, and a query is a column
+of the pooled test set (`query_IDX.mat`); here the HDF5 files are read in chunks of CHUNK_ROWS
+frames, so memory holds one chunk plus the pooled tracklets, and a query tracklet pools the
+frames its CSV lists, from its own HDF5 file or, without one, from the gallery's rows of the
+same files (then identical to theirs). Identity and camera for the rule come from the file
+names, as theirs from `tracks_test_info.mat`; matches are decided by the CSVs' identities,
+which prepare.py takes from the names. A query without any valid match in the gallery gets
+AP 0/0 = NaN there (MATLAB), which makes their mAP NaN; MARS's official queries all have one.
+Here such a query is left out of mAP and CMC and counted, as for images.
 """
 import re
 from pathlib import PurePosixPath
