@@ -165,7 +165,8 @@ def write_report(folder: str | os.PathLike, result: dict, query: dict, gallery: 
     Args:
         result: evaluate's result ('mAP', 'mINP', 'CMC', 'aps').
         query, gallery: {'pids', 'fids', 'paths'}: (N,) arrays of identities, file names as in
-            the CSV, and image files to show.
+            the CSV, and image files to show (for tracklets: names, and a list of a few
+            frames' files each, drawn side by side).
         distance_rows: query indices (n,) -> (n, G) distances, those the evaluation used.
         ignored_rows: query indices (n,) -> (n, G) bool excluder masks.
         options: what to show as the protocol and options (name -> value).
