@@ -109,6 +109,8 @@ def write_mars(folder: Path, rng, data: dict, dim: int = 128) -> dict:
     """CSVs (one line per frame, MARS names) and HDF5 embeddings, written chunk by chunk."""
     import h5py
     centres = rng.normal(size=(data['pids'].max() + 1, dim)).astype(np.float32)
+    # Each tracklet's frames from a stream of their own: a query frame has the same embedding
+    # in the query's file as in the gallery's, as when one model embeds both.
     pid_names = np.array(['00-1' if p < 0 else f'{p:04d}' for p in data['pids']])
     files = {}
     for side, tracks in (('query', data['queries']), ('test', np.arange(len(data['pids'])))):
@@ -122,12 +124,36 @@ def write_mars(folder: Path, rng, data: dict, dim: int = 128) -> dict:
                 csv.write(''.join(f'{pid},bbox_test/{pid}/{pid}C{data["cams"][t]}T{t:04d}'
                                   f'F{k:03d}.jpg\n' for k in range(1, n + 1)))
                 # A weak model: frames near their tracklet's point, tracklets near the identity's.
-                base = centres[max(0, data['pids'][t])] + 2 * rng.normal(size=dim).astype(
+                own = np.random.default_rng([1, t])
+                base = centres[max(0, data['pids'][t])] + 2 * own.normal(size=dim).astype(
                     np.float32)
-                emb[row:row + n] = base + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+                emb[row:row + n] = base + 0.5 * own.normal(size=(n, dim)).astype(np.float32)
                 row += n
         files[side] = (csv_file, h5_file, total)
     return files
+
+
+# Runs a script as `python script ARGS` does and prints its own peak memory (ru_maxrss, KiB)
+# on standard error's last line, whatever its exit.
+PEAK_WRAPPER = """import os, resource, runpy, sys
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(sys.argv[0])  # where `python script` looks for imports
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+finally:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+def timed_run(command: list) -> tuple[float, float, str]:
+    """Wall seconds, peak memory (MiB) and standard output of `python COMMAND...`."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, '-c', PEAK_WRAPPER, *map(str, command)],
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(done.stderr)
+    return seconds, int(done.stderr.split()[-1]) / 2**10, done.stdout.strip()
 
 
 def run_mars(args, machine: str) -> None:
@@ -138,16 +164,13 @@ def run_mars(args, machine: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = write_mars(Path(tmp), rng, data)
         (query_csv, query_h5, query_frames), (test_csv, test_h5, test_frames) = files.values()
-        command = [sys.executable, str(Path(__file__).resolve().parents[1] / 'evaluate.py'),
+        command = [Path(__file__).resolve().parents[1] / 'evaluate.py',
                    '--excluder', 'mars', '--tracklets', 'max', '--tracklet_normalize',
-                   '--query_dataset', query_csv, '--query_embeddings', query_h5,
-                   '--gallery_dataset', test_csv, '--gallery_embeddings', test_h5]
-        start = time.perf_counter()
-        done = subprocess.run(list(map(str, command)), capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if done.returncode:
-            sys.exit(done.stderr)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10
+                   '--query_dataset', query_csv, '--gallery_dataset', test_csv,
+                   '--gallery_embeddings', test_h5]
+        runs = {'query embeddings of their own': timed_run(
+                    [*command, '--query_embeddings', query_h5]),
+                'query frames from the gallery': timed_run(command)}
         # The pooling alone, in this process: NumPy allocations while the gallery is pooled.
         pids, fids = common.load_dataset(test_csv)
         gallery = tracklets.Tracklets(pids, fids, mars.PATTERN, str(test_csv))
@@ -158,9 +181,10 @@ def run_mars(args, machine: str) -> None:
     dim = gallery.embs.shape[1]
     print(f'MARS-sized tracklets: {test_frames:,} frames in {len(gallery.names):,} tracklets, '
           f'{len(data["queries"]):,} queries ({query_frames:,} frames), {dim}-D')
-    print(f'evaluate.py --excluder mars --tracklets max --tracklet_normalize: {seconds:.1f} s, '
-          f'peak memory {peak:.0f} MiB  [{machine}]')
-    print(f'  {done.stdout.strip()}')
+    for name, (seconds, peak, output) in runs.items():
+        print(f'evaluate.py --excluder mars --tracklets max --tracklet_normalize, {name}: '
+              f'{seconds:.1f} s, peak memory {peak:.0f} MiB  [{machine}]')
+        print(f'  {output.splitlines()[-1]}')
     print(f'pooling the gallery: peak {pooling_peak:.0f} MiB of NumPy allocations, chunks of '
           f'{tracklets.CHUNK_ROWS:,} frames ({tracklets.CHUNK_ROWS * dim * 4 / 2**20:.0f} MiB), '
           f'pooled {len(gallery.names) * dim * 8 / 2**20:.0f} MiB (float64); all frames\' '
