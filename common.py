@@ -183,10 +183,12 @@ def embedding_chunks(h5_file: str | os.PathLike,
     """Reads the embeddings of an HDF5 file as load_embeddings does, `rows` at a time.
 
     Only one chunk is in memory at once (`rows` x D float32), for files too large to hold
-    whole, or pooled on the fly (tracklets). None reads everything as one chunk.
+    whole, or pooled on the fly (tracklets): each chunk is read into the same buffer, which
+    the next chunk overwrites. None reads everything as one chunk.
 
     Yields:
         (first row, (n, D) array) for consecutive chunks; the first always, even of 0 rows.
+        With `rows`, the array is valid until the next one is read: copy what you keep.
 
     Raises:
         InputError: as load_embeddings; NaN or inf name the file's row.
@@ -198,9 +200,17 @@ def embedding_chunks(h5_file: str | os.PathLike,
             if dataset.ndim != 2 or dataset.shape[1] == 0:
                 raise InputError(f'{h5_file}: embeddings have shape {dataset.shape}, expected '
                                  '(N, D)')
-            step = max(1, rows or len(dataset))
-            for start in range(0, max(1, len(dataset)), step):
-                yield start, _checked(dataset[start:start + step], h5_file, start)
+            if rows is None:
+                yield 0, _checked(dataset[()], h5_file, 0)
+                return
+            # Slicing would allocate each chunk anew while the caller still holds the last one.
+            buffer = np.empty((min(rows, len(dataset)), dataset.shape[1]),
+                              np.float64 if dataset.dtype == np.float64 else np.float32)
+            for start in range(0, max(1, len(dataset)), rows):
+                chunk = buffer[:min(rows, len(dataset) - start)]
+                if len(chunk):  # HDF5 converts integers and float16 to the buffer's float32
+                    dataset.read_direct(chunk, np.s_[start:start + len(chunk)])
+                yield start, _checked(chunk, h5_file, start)
     except (OSError, RuntimeError, KeyError, ValueError) as e:  # h5py's for damaged files
         raise InputError(f'cannot read embeddings {h5_file}: {e}') from None
 
@@ -225,6 +235,8 @@ def _checked(embs: np.ndarray, h5_file, first_row: int) -> np.ndarray:
     if embs.dtype != np.float64:
         # Integers would wrap around in differences (uint8: 1 - 2 = 255); float16 overflows.
         embs = embs.astype(np.float32, copy=False)
+    if embs.size and np.isfinite(embs.min()) and np.isfinite(embs.max()):
+        return embs  # min and max propagate NaN: no (N, D) mask for the usual, clean case
     bad = ~np.isfinite(embs).all(axis=1)
     if bad.any():
         raise InputError(f'{h5_file}: {bad.sum()} rows hold NaN or inf, the first is row '
