@@ -170,6 +170,21 @@ def test_query_frames_taken_from_the_gallery(tmp_path, monkeypatch):
         np.testing.assert_array_equal(gallery_again.embs, gallery.embs)
 
 
+def test_shards_pool_as_one_file(tmp_path, monkeypatch):
+    """Embeddings split over several HDF5 files (rows following each other) pool as one."""
+    monkeypatch.setattr(tracklets, 'CHUNK_ROWS', 5)
+    data = hand_made(np.random.default_rng(6))
+    _, gallery, _, _ = tracklet_evaluation(data, 'mean', False, True, tmp_path)
+    shards = [str(tmp_path / f'shard{i}.h5') for i in range(3)]
+    for shard, part in zip(shards, np.array_split(data[5], [7, 8]), strict=True):
+        common.save_embeddings(shard, part)
+    again = tracklets.Tracklets(data[3], data[4], mars.PATTERN, 'test.csv')
+    again.pool(shards, 'mean', False, 'test.csv')
+    np.testing.assert_allclose(again.embs, gallery.embs, rtol=1e-6)
+    with pytest.raises(common.InputError, match='29 rows but the embeddings have 8'):
+        again.pool(shards[:2], 'mean', False, 'test.csv')
+
+
 def test_a_folder_is_a_tracklet_without_a_pattern(tmp_path):
     """`diagonal` has no pattern: a folder is a tracklet, and only the query's own is ignored."""
     fids = np.array(['a/t1/1.jpg', 'a/t1/2.jpg', 'a/t2/1.jpg', 'b/t3/1.jpg'])
