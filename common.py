@@ -194,31 +194,73 @@ def load_embeddings(h5_file: str | os.PathLike) -> np.ndarray:
     Raises:
         InputError: missing or unreadable file, no such dataset, not 2-D, NaN or inf values.
     """
+    chunks = list(embedding_chunks(h5_file, rows=None))
+    return chunks[0][1]
+
+
+def embedding_chunks(h5_file: str | os.PathLike,
+                     rows: int | None = 2**16) -> Iterator[tuple[int, np.ndarray]]:
+    """Reads the embeddings of an HDF5 file as load_embeddings does, `rows` at a time.
+
+    Only one chunk is in memory at once (`rows` x D float32), for files too large to hold
+    whole, or pooled on the fly (tracklets): each chunk is read into the same buffer, which
+    the next chunk overwrites. None reads everything as one chunk.
+
+    Yields:
+        (first row, (n, D) array) for consecutive chunks; the first always, even of 0 rows.
+        With `rows`, the array is valid until the next one is read: copy what you keep.
+
+    Raises:
+        InputError: as load_embeddings; NaN or inf name the file's row.
+    """
     import h5py
     try:
         with h5py.File(h5_file, 'r') as f:
-            name = 'emb' if 'emb' in f else 'embs' if 'embs' in f else None
-            if name is None:
-                raise InputError(f'{h5_file} has neither an "emb" nor an "embs" dataset '
-                                 f'(it has: {", ".join(f.keys()) or "nothing"})')
-            dataset = f[name]
-            if not isinstance(dataset, h5py.Dataset):
-                raise InputError(f'{h5_file}: "{name}" is a group, not a dataset')
-            if dataset.dtype.kind not in 'fiu':  # not bool, complex, strings or records
-                raise InputError(f'{h5_file}: dataset "{name}" holds {dataset.dtype}, not '
-                                 'real numbers')
-            embs = dataset[()]
+            dataset = _embedding_dataset(f, h5_file)
+            if dataset.ndim != 2 or dataset.shape[1] == 0:
+                raise InputError(f'{h5_file}: embeddings have shape {dataset.shape}, expected '
+                                 '(N, D)')
+            if rows is None:
+                yield 0, _checked(dataset[()], h5_file, 0)
+                return
+            # Slicing would allocate each chunk anew while the caller still holds the last one.
+            buffer = np.empty((min(rows, len(dataset)), dataset.shape[1]),
+                              np.float64 if dataset.dtype == np.float64 else np.float32)
+            for start in range(0, max(1, len(dataset)), rows):
+                chunk = buffer[:min(rows, len(dataset) - start)]
+                if len(chunk):  # HDF5 converts integers and float16 to the buffer's float32
+                    dataset.read_direct(chunk, np.s_[start:start + len(chunk)])
+                yield start, _checked(chunk, h5_file, start)
     except (OSError, RuntimeError, KeyError, ValueError) as e:  # h5py's for damaged files
         raise InputError(f'cannot read embeddings {h5_file}: {e}') from None
-    if embs.ndim != 2 or embs.shape[1] == 0:
-        raise InputError(f'{h5_file}: embeddings have shape {embs.shape}, expected (N, D)')
+
+
+def _embedding_dataset(f, h5_file):
+    """The `emb` (or `embs`) dataset of an open HDF5 file, if it holds real numbers."""
+    import h5py
+    name = 'emb' if 'emb' in f else 'embs' if 'embs' in f else None
+    if name is None:
+        raise InputError(f'{h5_file} has neither an "emb" nor an "embs" dataset '
+                         f'(it has: {", ".join(f.keys()) or "nothing"})')
+    dataset = f[name]
+    if not isinstance(dataset, h5py.Dataset):
+        raise InputError(f'{h5_file}: "{name}" is a group, not a dataset')
+    if dataset.dtype.kind not in 'fiu':  # not bool, complex, strings or records
+        raise InputError(f'{h5_file}: dataset "{name}" holds {dataset.dtype}, not real numbers')
+    return dataset
+
+
+def _checked(embs: np.ndarray, h5_file, first_row: int) -> np.ndarray:
+    """float32 (float64 stays) rows without NaN or inf; rows are numbered from `first_row`."""
     if embs.dtype != np.float64:
         # Integers would wrap around in differences (uint8: 1 - 2 = 255); float16 overflows.
         embs = embs.astype(np.float32, copy=False)
+    if embs.size and np.isfinite(embs.min()) and np.isfinite(embs.max()):
+        return embs  # min and max propagate NaN: no (N, D) mask for the usual, clean case
     bad = ~np.isfinite(embs).all(axis=1)
     if bad.any():
         raise InputError(f'{h5_file}: {bad.sum()} rows hold NaN or inf, the first is row '
-                         f'{np.flatnonzero(bad)[0]}')
+                         f'{first_row + np.flatnonzero(bad)[0]}')
     return embs
 
 

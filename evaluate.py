@@ -7,7 +7,8 @@
         --metric euclidean --filename exp/market1501_evaluation.json
 
 Optionally, in this order: multi-query pooling (--multi_query), average query expansion
-(--aqe) and k-reciprocal re-ranking (--rerank).
+(--aqe) and k-reciprocal re-ranking (--rerank). Video datasets (MARS) are scored per tracklet
+with --tracklets max|mean: the CSVs list frames, pooled into one entry per tracklet.
 """
 import argparse
 import json
@@ -25,6 +26,7 @@ import common
 import experiment
 import loss
 import rerank
+import tracklets
 from model import import_plugin, plugin_names
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -32,8 +34,10 @@ parser.add_argument('--excluder', required=True, choices=plugin_names('excluders
                     help='The evaluation protocol: which gallery entries to ignore for a query.')
 parser.add_argument('--query_dataset', required=True,
                     help='CSV of the queries (identity,path); row i belongs to embedding i.')
-parser.add_argument('--query_embeddings', required=True,
-                    help='HDF5 file with the query embeddings (dataset "emb" or "embs").')
+parser.add_argument('--query_embeddings', default=None,
+                    help='HDF5 file with the query embeddings (dataset "emb" or "embs").\n'
+                         'Required, except with --tracklets: then, if not given, the query\n'
+                         "frames' embeddings are those of the same files in the gallery.")
 parser.add_argument('--gallery_dataset', required=True, help='CSV of the gallery.')
 parser.add_argument('--gallery_embeddings', required=True,
                     help='HDF5 file with the gallery embeddings.')
@@ -44,7 +48,10 @@ parser.add_argument('--filename', default=None,
                     help='Where to write the JSON result; nothing is written if not given.')
 parser.add_argument('--use_market_ap', action='store_true', default=False,
                     help="AP as the Market-1501 MATLAB code computes it (trapezoid rule) instead\n"
-                         "of scikit-learn's average_precision_score.")
+                         "of scikit-learn's average_precision_score (the default for images).")
+parser.add_argument('--sklearn_ap', action='store_true', default=False,
+                    help="scikit-learn's AP where the protocol's default is the MATLAB one\n"
+                         '(--tracklets, as the MARS evaluation code).')
 parser.add_argument('--batch_size', default=256, type=common.positive_int,
                     help='Queries scored at once; memory is about 40 x batch_size x gallery bytes.')
 parser.add_argument('--rerank', action='store_true', default=False,
@@ -71,6 +78,14 @@ parser.add_argument('--multi_query_dataset', default=None,
                     help='CSV of the images pooled for multi-query (Market-1501: gt_bbox).')
 parser.add_argument('--multi_query_embeddings', default=None,
                     help='HDF5 file with the embeddings of --multi_query_dataset.')
+group = parser.add_argument_group('video', 'Tracklets of frames, as MARS evaluates them.')
+group.add_argument('--tracklets', choices=tracklets.POOLINGS, default=None,
+                   help='score tracklets, not images: the CSVs list frames, and each tracklet\n'
+                        "(read from the file names by the excluder's pattern) becomes the\n"
+                        'element-wise max or mean of its frames\' embeddings. The MARS\n'
+                        'authors: --excluder mars --tracklets max --tracklet_normalize.')
+group.add_argument('--tracklet_normalize', action='store_true', default=False,
+                   help='L2-normalise each pooled tracklet embedding (MARS\'s own code does).')
 RERANK_DEFAULTS = {'k1': 20, 'k2': 6, 'lambda_value': 0.3}
 
 # A batch of queries holds about 40 bytes per distance: this bounds it to ~640 MiB (both threads),
@@ -327,7 +342,21 @@ def check_options(args: argparse.Namespace) -> dict:
     if not args.multi_query and files != (None, None):
         raise common.InputError('--multi_query_dataset and --multi_query_embeddings need '
                                 '--multi_query mean or max')
-    used = {'multi_query': None, 'aqe': None, 'rerank': None}
+    if args.query_embeddings is None and not args.tracklets:
+        raise common.InputError('--query_embeddings is required (only --tracklets can take the '
+                                'query frames from the gallery)')
+    if args.tracklet_normalize and not args.tracklets:
+        raise common.InputError('--tracklet_normalize only applies with --tracklets max|mean')
+    if args.tracklets and args.multi_query:
+        raise common.InputError('--multi_query pools images of a query\'s identity and camera; '
+                                'with --tracklets a query is already a pooled tracklet')
+    if args.use_market_ap and args.sklearn_ap:
+        raise common.InputError('--use_market_ap and --sklearn_ap contradict each other')
+    market_ap = args.use_market_ap or (args.tracklets is not None and not args.sklearn_ap)
+    used = {'multi_query': None, 'aqe': None, 'rerank': None, 'tracklets': None,
+            'ap': 'market1501' if market_ap else 'sklearn'}
+    if args.tracklets:
+        used['tracklets'] = {'pooling': args.tracklets, 'normalize': args.tracklet_normalize}
     if args.multi_query:
         used['multi_query'] = {'pooling': args.multi_query, 'dataset': args.multi_query_dataset}
     if args.aqe:
@@ -394,6 +423,10 @@ def nearest_kept(query_fids: np.ndarray, query_embs: np.ndarray, gallery_embs: n
 def describe(used: dict) -> str:
     """`multi-query mean | AQE K=5 | re-ranking k1=20 k2=6 lambda=0.3`, or '' for none."""
     parts = []
+    if used.get('tracklets'):
+        tracks = used['tracklets']
+        parts.append(f"tracklets {tracks['pooling']}" + (' normalized' if tracks['normalize']
+                                                          else ''))
     if used['multi_query']:
         parts.append(f"multi-query {used['multi_query']['pooling']}")
     if used['aqe']:
@@ -414,19 +447,25 @@ def stored_image_root(embeddings_file: str) -> str | None:
 
 def write_report(args: argparse.Namespace, result: dict, used: dict, query_pids: np.ndarray,
                  query_fids: np.ndarray, gallery_pids: np.ndarray, gallery_fids: np.ndarray,
-                 distance_rows: Callable, excluder) -> None:
+                 distance_rows: Callable, excluder, shown: tuple | None = None) -> None:
     """The results page of --report; `distance_rows(query indices)` gives the distances that
-    the evaluation used (re-ranked, or of the expanded or pooled queries)."""
+    the evaluation used (re-ranked, or of the expanded or pooled queries). With tracklets,
+    `shown` holds the few frames (fids) of each query and gallery tracklet to draw."""
     import report
-    image_root = args.image_root or stored_image_root(args.query_embeddings) or '.'
+    image_root = (args.image_root or stored_image_root(args.query_embeddings
+                                                       or args.gallery_embeddings) or '.')
     split = {'query': (query_pids, query_fids), 'gallery': (gallery_pids, gallery_fids)}
-    splits = {name: {'pids': pids, 'fids': fids,
-                     'paths': np.array([os.path.join(image_root, fid) for fid in fids])}
-              for name, (pids, fids) in split.items()}
+    splits = {}
+    for side, (name, (pids, fids)) in enumerate(split.items()):
+        if shown is None:
+            paths = np.array([os.path.join(image_root, fid) for fid in fids])
+        else:  # a list of a few frames' paths per tracklet
+            paths = [[os.path.join(image_root, fid) for fid in frames] for frames in shown[side]]
+        splits[name] = {'pids': pids, 'fids': fids, 'paths': paths}
     options = {'protocol (--excluder)': args.excluder, 'metric': args.metric,
-               'AP': 'Market-1501 MATLAB' if args.use_market_ap else 'scikit-learn',
+               'AP': 'Market-1501 MATLAB' if used['ap'] == 'market1501' else 'scikit-learn',
                'queries': len(query_pids), 'gallery': len(gallery_pids),
-               'query embeddings': args.query_embeddings,
+               'query embeddings': args.query_embeddings or 'the gallery\'s',
                'gallery embeddings': args.gallery_embeddings, 'images': image_root,
                'options': describe(used) or 'none'}
     try:
@@ -440,9 +479,9 @@ def write_report(args: argparse.Namespace, result: dict, used: dict, query_pids:
 
 
 # ----------------------------------------------------------------------------- main
-def main() -> None:
-    args = parser.parse_args()
-    used = check_options(args)
+def load_images(args: argparse.Namespace, used: dict) -> tuple:
+    """Query and gallery (pids, fids, embs) of images, and the excluder; with --multi_query the
+    queries are already pooled."""
     query_pids, query_fids = common.load_dataset(args.query_dataset)
     gallery_pids, gallery_fids = common.load_dataset(args.gallery_dataset)
     query_embs = common.load_embeddings(args.query_embeddings)
@@ -464,16 +503,41 @@ def main() -> None:
             raise common.InputError(f'query embeddings are {query_embs.shape[1]}-D but {name} '
                                     f'embeddings are {embs.shape[1]}-D')
     excluder = import_plugin('excluders', args.excluder).Excluder(gallery_fids)
-
-    # Multi-query pooling, query expansion and re-ranking, in this order.
     if args.multi_query:
         query_embs, alone = pool_queries(query_fids, query_embs, pool_fids, pool_embs, excluder,
                                          args.multi_query)
         used['multi_query']['queries_without_images'] = alone
+    return query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs, excluder
+
+
+def load_tracklets(args: argparse.Namespace, used: dict) -> tuple:
+    """As load_images, for tracklets: names stand for fids; also the frames the report shows."""
+    query, gallery, excluder, info = tracklets.load(
+        args.query_dataset, args.query_embeddings, args.gallery_dataset, args.gallery_embeddings,
+        import_plugin('excluders', args.excluder), args.tracklets, args.tracklet_normalize)
+    used['tracklets'].update(info)
+    print(f"tracklets: {info['query_tracklets']} query ({info['query_frames']} frames), "
+          f"{info['gallery_tracklets']} gallery ({info['gallery_frames']} frames)",
+          file=sys.stderr)
+    return (query.pids, query.names, query.embs, gallery.pids, gallery.names, gallery.embs,
+            excluder), (query.shown, gallery.shown)
+
+
+def main() -> None:
+    args = parser.parse_args()
+    used = check_options(args)
+    shown = None
+    if args.tracklets:
+        loaded, shown = load_tracklets(args, used)
+    else:
+        loaded = load_images(args, used)
+    query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs, excluder = loaded
+
+    # Query expansion and re-ranking (after multi-query pooling), in this order.
     if args.aqe:
         if args.aqe > len(gallery_fids):
             raise common.InputError(f'--aqe {args.aqe} is more than the {len(gallery_fids)} '
-                                    'gallery images')
+                                    f'gallery {"tracklets" if args.tracklets else "images"}')
         neighbours = nearest_kept(query_fids, query_embs, gallery_embs, excluder, args.metric,
                                   args.aqe, args.batch_size)
         query_embs = rerank.expand_queries(query_embs, gallery_embs, neighbours, args.aqe_alpha)
@@ -485,9 +549,11 @@ def main() -> None:
                                     keep=keep)
 
     result = evaluate(query_pids, query_fids, query_embs, gallery_pids, gallery_fids, gallery_embs,
-                      excluder, args.metric, args.use_market_ap, args.batch_size, distances)
+                      excluder, args.metric, used['ap'] == 'market1501', args.batch_size,
+                      distances)
 
-    unmatched = [fid for fid, ap in zip(query_fids, result['aps'], strict=True) if ap is None]
+    unmatched = [str(fid) for fid, ap in zip(query_fids, result['aps'], strict=True)
+                 if ap is None]
     if unmatched:
         names = ', '.join(unmatched[:10])
         if len(unmatched) > 10:
@@ -499,8 +565,10 @@ def main() -> None:
     if args.report:
         write_report(args, result, used, query_pids, query_fids, gallery_pids, gallery_fids,
                      distances or plain_distances(query_embs, gallery_embs, args.metric),
-                     excluder)
+                     excluder, shown)
     if args.filename:
+        if args.tracklets:  # the names that `aps` and `unmatched_queries` refer to
+            result['query_tracklets'] = query_fids.tolist()
         result.update(args=vars(args), unmatched_queries=unmatched, **used)
         with common.atomic_write(args.filename) as tmp, open(tmp, 'w') as f:
             json.dump(result, f)

@@ -65,9 +65,19 @@ def ranked_row(dists: np.ndarray, ignored: np.ndarray, matches: np.ndarray, top_
     return {'entries': entries, 'first_match': int(hits[0]) + 1 if len(hits) else None}
 
 
-def read_thumbnail(path: str) -> np.ndarray | None:
-    """An RGB uint8 picture of THUMB size, or None if the file is missing or unreadable."""
+def read_thumbnail(path: str | list[str]) -> np.ndarray | None:
+    """An RGB uint8 picture of THUMB size, or None if the file is missing or unreadable.
+
+    A list of paths (a few frames of a tracklet) gives their pictures side by side; a missing
+    frame is a grey one, and None only if every frame is missing.
+    """
     import cv2
+    if not isinstance(path, str):
+        frames = [read_thumbnail(one) for one in path]
+        if all(frame is None for frame in frames):
+            return None
+        return np.concatenate([np.full((*THUMB, 3), 200, np.uint8) if frame is None else frame
+                               for frame in frames], axis=1)
     image = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None
     if image is None:
         return None
@@ -100,7 +110,10 @@ def draw_query(path: Path, query: dict, gallery: dict, row: dict, dists: np.ndar
     """The PNG of one query (black frame) and its ranked gallery entries."""
     import matplotlib.pyplot as plt
     entries = row['entries']
-    figure, axes = plt.subplots(1, len(entries) + 1, figsize=(0.95 * (len(entries) + 1), 2.3),
+    # Tracklets show a few frames side by side: wider panels.
+    frames = 1 if isinstance(query['path'], str) else max(1, len(query['path']))
+    figure, axes = plt.subplots(1, len(entries) + 1,
+                                figsize=((0.95 + 0.55 * (frames - 1)) * (len(entries) + 1), 2.3),
                                 squeeze=False)
     draw_panel(axes[0, 0], read_thumbnail(query['path']), query['fid'], 'black',
                f"query\nid {query['pid']}")
@@ -152,7 +165,8 @@ def write_report(folder: str | os.PathLike, result: dict, query: dict, gallery: 
     Args:
         result: evaluate's result ('mAP', 'mINP', 'CMC', 'aps').
         query, gallery: {'pids', 'fids', 'paths'}: (N,) arrays of identities, file names as in
-            the CSV, and image files to show.
+            the CSV, and image files to show (for tracklets: names, and a list of a few
+            frames' files each, drawn side by side).
         distance_rows: query indices (n,) -> (n, G) distances, those the evaluation used.
         ignored_rows: query indices (n,) -> (n, G) bool excluder masks.
         options: what to show as the protocol and options (name -> value).

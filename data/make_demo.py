@@ -14,9 +14,21 @@ brightness. The output is deterministic for a seed, byte for byte:
                                                      (identity 0000) and junk (-1)
     OUT/demo_train.csv, demo_query.csv, demo_test.csv   `pid,relative/path`, paths relative
                                                      to OUT, sorted as prepare.py sorts them
+
+With --video it draws tracklets instead, laid out and named like MARS (the frames of a
+tracklet keep the person's pose and the camera's background and change a little: position,
+lighting, noise):
+
+    OUT/bbox_train/0001/0001C1T0001F001.jpg          training tracklets, frame by frame
+    OUT/bbox_test/0101/0101C3T0002F004.jpg           test tracklets: every identity's, and
+                                                     distractors (0000) and junk (00-1)
+    OUT/info/test_name.txt, tracks_test_info.mat, query_IDX.mat   MARS's own query files
+    OUT/demo_train.csv, demo_query.csv, demo_test.csv   one line per frame, as `prepare.py
+                                                     mars` writes them from the folder
 """
 import argparse
 import csv
+import io
 import shutil
 import sys
 from pathlib import Path
@@ -49,8 +61,14 @@ parser.add_argument('--height', type=common.positive_int, default=128,
                     help='image height in pixels (default: 128, as Market-1501)')
 parser.add_argument('--width', type=common.positive_int, default=64,
                     help='image width in pixels (default: 64)')
+parser.add_argument('--video', action='store_true',
+                    help='draw tracklets of several frames named as MARS names them (bbox_train/,\n'
+                         'bbox_test/, info/); --distractors and --junk then count tracklets')
+parser.add_argument('--max_frames', type=common.positive_int, default=8,
+                    help='--video: frames per tracklet are drawn from 1 to this (default: 8)')
 
 SPLITS = {'train': 'bounding_box_train', 'query': 'query', 'test': 'bounding_box_test'}
+VIDEO_SPLITS = {'train': 'bbox_train', 'test': 'bbox_test'}
 # Few colours on purpose: identities share single colours, only combinations tell them apart.
 TOP_COLOURS = [(40, 40, 200), (200, 60, 40), (40, 160, 40), (30, 200, 230), (230, 230, 230),
                (35, 35, 35), (140, 60, 150), (0, 120, 255), (150, 150, 150), (120, 80, 30)]
@@ -258,8 +276,10 @@ def prepare_output(args: argparse.Namespace) -> Path:
     if out.exists() and any(out.iterdir()) and not (out / 'demo_train.csv').is_file():
         raise common.InputError(f'{out} is not empty and not a demo folder: refusing to write')
     try:
-        for sub in SPLITS.values():
+        # Both kinds' folders go: a video demo replacing an image demo leaves no images behind.
+        for sub in [*SPLITS.values(), *VIDEO_SPLITS.values(), 'info']:
             shutil.rmtree(out / sub, ignore_errors=True)
+        for sub in [*(VIDEO_SPLITS if args.video else SPLITS).values()] + ['info'] * args.video:
             (out / sub).mkdir(parents=True)
     except OSError as e:
         raise common.InputError(f'cannot write to {out}: {e}') from None
@@ -269,6 +289,8 @@ def prepare_output(args: argparse.Namespace) -> Path:
 def main() -> None:
     args = parser.parse_args()
     out = prepare_output(args)
+    if args.video:
+        return make_video(args, out)
 
     # Separate streams per identity and camera: identity 0150 looks the same whatever the
     # number of training identities or cameras.
@@ -312,12 +334,101 @@ def main() -> None:
             person['tall'] *= 2.2  # only the legs fit in the box
         shoot('-1', person, int(rng.integers(args.cameras)), 'test', 1)
 
+    write_tables(out, tables)
+
+
+def write_tables(out: Path, tables: dict[str, list[tuple[str, str]]]) -> None:
+    """OUT/demo_<split>.csv for each table, sorted by path as prepare.py sorts them."""
     for split, rows in tables.items():
         with (common.atomic_write(out / f'demo_{split}.csv') as tmp,
               open(tmp, 'w', newline='', encoding='utf-8') as f):
             csv.writer(f, lineterminator='\n').writerows(sorted(rows, key=lambda row: row[1]))
         print(f'wrote {out}/demo_{split}.csv: {len(rows)} images of '
               f'{len({pid for pid, _ in rows})} identities')
+
+
+# ----------------------------------------------------------------------------- video (MARS)
+def make_video(args: argparse.Namespace, out: Path) -> None:
+    """The --video dataset: MARS's layout and names, and its info/ files for the query."""
+    cams = [make_camera(np.random.default_rng([args.seed, 1, c])) for c in range(args.cameras)]
+    rng = np.random.default_rng([args.seed, 5])
+    tables = {'train': [], 'query': [], 'test': []}
+    tracks = []  # test tracklets: (pid, camera, fids)
+    queries = []
+
+    def film(pid: str, person: dict | None, cam_index: int, number: int, split: str) -> list:
+        """One tracklet: the same pose and background, frame to frame a small change."""
+        cam = cams[cam_index]
+        scene = np.random.default_rng([args.seed, 6, len(tables[split]), cam_index])
+        background = draw_background(scene, cam, args.height, args.width)
+        image = background.copy()
+        if person is not None:
+            draw_person(image, scene, person, cam, back=scene.random() < cam['p_back'])
+        step = rng.uniform(-1.5, 1.5)  # pixels per frame: the person walks across
+        fids = []
+        for frame in range(1, int(rng.integers(1, args.max_frames + 1)) + 1):
+            shift = np.float32([[1, 0, step * (frame - 1)], [0, 1, 0]])
+            moved = cv2.warpAffine(image, shift, (args.width, args.height),
+                                   borderMode=cv2.BORDER_REPLICATE)
+            name = f'{pid}C{cam_index + 1}T{number:04d}F{frame:03d}.jpg'
+            fid = f'{VIDEO_SPLITS[split]}/{pid}/{name}'
+            (out / fid).parent.mkdir(exist_ok=True)
+            # The same draw of lighting, blur and noise for every frame: the camera's
+            # settings do not jump within a tracklet; the moving person changes the pixels.
+            look = np.random.default_rng([args.seed, 7, len(tables[split]), cam_index])
+            (out / fid).write_bytes(photograph(moved, look, cam))
+            fids.append(fid)
+        tables[split] += [(pid, fid) for fid in fids]
+        if split == 'test':
+            tracks.append((pid, cam_index + 1, fids))
+        return fids
+
+    # Each identity: 2-4 cameras, 1-2 tracklets in each. A test identity gives one query
+    # tracklet per camera; the gallery (demo_test.csv) holds every test tracklet, as MARS's.
+    for number in range(1, args.train_ids + args.test_ids + 1):
+        person = make_person(np.random.default_rng([args.seed, 2, number]))
+        split = 'train' if number <= args.train_ids else 'test'
+        tracklet = 0
+        for cam_index in sorted(rng.choice(args.cameras, int(rng.integers(2, min(4, args.cameras)
+                                                                         + 1)), replace=False)):
+            for i in range(int(rng.integers(1, 3))):
+                tracklet += 1
+                fids = film(f'{number:04d}', person, int(cam_index), tracklet, split)
+                if split == 'test' and i == 0:
+                    queries.append(len(tracks) - 1)
+                    tables['query'] += [(f'{number:04d}', fid) for fid in fids]
+    for i in range(args.distractors):
+        person = make_person(np.random.default_rng([args.seed, 3, i]))
+        film('0000', person, int(rng.integers(args.cameras)), i + 1, 'test')
+    for i in range(args.junk):
+        film('00-1', None, int(rng.integers(args.cameras)), i + 1, 'test')
+    write_info(out, tracks, queries)
+    write_tables(out, tables)
+
+
+def write_info(out: Path, tracks: list, queries: list[int]) -> None:
+    """MARS's info/ files: test_name.txt (test frames, tracklet by tracklet, sorted by name),
+    tracks_test_info.mat (1-based first and last line, identity, camera per tracklet) and
+    query_IDX.mat (1-based tracklet numbers of the queries)."""
+    import scipy.io
+    order = sorted(range(len(tracks)), key=lambda t: tracks[t][2][0])
+    names, rows = [], []
+    for t in order:
+        pid, cam, fids = tracks[t]
+        rows.append([len(names) + 1, len(names) + len(fids), -1 if pid == '00-1' else int(pid),
+                     cam])
+        names += [fid.rsplit('/', 1)[1] for fid in fids]
+    position = {t: n for n, t in enumerate(order, start=1)}
+    (out / 'info' / 'test_name.txt').write_text(''.join(f'{name}\n' for name in names))
+    variables = {'tracks_test_info': ('track_test_info', rows),
+                 'query_IDX': ('query_IDX', [[position[q] for q in queries]])}
+    for file, (key, value) in variables.items():
+        data = io.BytesIO()
+        scipy.io.savemat(data, {key: np.array(value, np.float64)})
+        # The 116-byte text of a MAT-file's header holds the time it was written: a fixed
+        # text instead keeps "same seed, same bytes".
+        text = b'MATLAB 5.0 MAT-file, written by make_demo.py'.ljust(116)
+        (out / 'info' / f'{file}.mat').write_bytes(text + data.getvalue()[116:])
 
 
 if __name__ == '__main__':

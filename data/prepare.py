@@ -23,7 +23,7 @@ import numpy as np
 # Scripts in data/ run as `python data/prepare.py`: the repo root must be on the path for common.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
-from excluders import duke, market1501  # noqa: E402  (the datasets' file-name patterns)
+from excluders import duke, duke_video, market1501  # noqa: E402  (file-name patterns)
 
 parser = argparse.ArgumentParser(
     description='Write train/query/test CSVs for a re-id dataset from its own folder layout.')
@@ -62,6 +62,19 @@ cuhk03.add_argument('--variant', choices=('detected', 'labeled', 'both'), defaul
 add_dataset('mars', 'MARS: tracklet folders bbox_train/0001/, bbox_test/0001/ and, for the query, '
             'info/test_name.txt, tracks_test_info.mat, query_IDX.mat -> '
             'mars_{train,query,test}.csv (one line per image).')
+add_dataset('duke_video', 'DukeMTMC-VideoReID: train/, query/, gallery/, each IDENTITY/TRACKLET/'
+            'frames -> duke_video_{train,query,test}.csv (one line per frame).')
+tracklet_folders = add_dataset(
+    'tracklet_folders', 'Your own video data: IDENTITY/TRACKLET/frames -> NAME.csv, or with '
+    '--test_fraction NAME_{train,query,test}.csv (query tracklets held out of the gallery).')
+tracklet_folders.add_argument('--name', help='prefix of the CSV names (default: the folder name)')
+tracklet_folders.add_argument('--test_fraction', type=float, default=0.0,
+                              help='fraction of identities held out for query/gallery, in [0, 1); '
+                                   '0 (default) writes one CSV of everything')
+tracklet_folders.add_argument('--seed', type=int, default=0,
+                              help='seed of the identity split and query choice (default: 0)')
+tracklet_folders.add_argument('--query_per_id', type=common.positive_int, default=1,
+                              help='query tracklets per test identity that has more (default: 1)')
 folders = add_dataset('folders', 'Your own data: one folder per identity (images anywhere below '
                       'it) -> NAME.csv, or with --test_fraction NAME_{train,query,test}.csv.')
 folders.add_argument('--name', help='prefix of the CSV names (default: the folder name)')
@@ -85,6 +98,8 @@ DUKE_PATTERN = re.compile(rf'^{duke.PATTERN}\.jpg$')
 CUHK03_PATTERN = re.compile(r'^(\d+)_c\d+_\d+\.(?:png|jpg)$')
 # Identity 00-1 marks MARS junk tracklets, 0000 its distractors.
 MARS_PATTERN = re.compile(r'^(\d{4}|00-1)C\d+T\d+F\d+\.jpg$')
+# DukeMTMC-VideoReID: 0001_C6_F0099_X30823.jpg, or without underscores in its first release.
+DUKE_VIDEO_PATTERN = re.compile(rf'^{duke_video.PATTERN}_?X\d+\.jpg$')
 MSMT17_PATTERN = re.compile(r'^(\d+)_\d+_\d+_\d+[a-z]+_\d+_\d+\.jpg$')
 
 
@@ -261,17 +276,91 @@ def mars_query(root: Path, skip: bool) -> list[tuple[str, str]]:
     return sorted(rows, key=lambda row: row[1])
 
 
-def split_folders(rows: list[tuple[str, str]], args: argparse.Namespace,
-                  name: str) -> dict[str, list[tuple[str, str]]]:
-    """Splits identities into train and test, then test images into query and gallery."""
-    pids = sorted({pid for pid, _ in rows})
-    rng = np.random.default_rng(args.seed)
+def list_tracklets(root: Path, sub: str, skip: bool) -> list[tuple[str, str]]:
+    """(identity folder, fid) of every frame of root/sub/IDENTITY/TRACKLET/frame, sorted by path.
+
+    A tracklet folder without frames, or an image elsewhere (directly in an identity folder,
+    or deeper), stops it naming them; with --skip_unparsable they are left out with a warning.
+    """
+    folder = find_folder(root, sub) if sub else root
+    rows, empty, stray = [], [], []
+    for path in sorted(folder.rglob('*')):
+        depth = len(path.relative_to(folder).parts)
+        fid = path.relative_to(root).as_posix()
+        if path.is_dir() and depth == 2 and not any(
+                p.is_file() and is_image(p) for p in path.iterdir()):
+            empty.append(fid + '/')
+        elif path.is_file() and is_image(path):
+            if depth == 3:
+                rows.append((path.relative_to(folder).parts[0], fid))
+            else:
+                stray.append(fid)
+    unparsable(stray, 'IDENTITY/TRACKLET/frame.jpg', skip)
+    if empty:
+        listed = ', '.join(empty[:5]) + (f' and {len(empty) - 5} more' if len(empty) > 5 else '')
+        if not skip:
+            raise common.InputError(f'{len(empty)} tracklet folders hold no frames: {listed} '
+                                    '(pass --skip_unparsable to leave them out)')
+        print(common.printable(f'skipped {len(empty)} empty tracklet folders: {listed}'),
+              file=sys.stderr)
+    return rows
+
+
+def duke_video_split(root: Path, sub: str, skip: bool) -> list[tuple[str, str]]:
+    """The frames of one DukeMTMC-VideoReID folder; the identity folder must be the name's."""
+    rows, bad = [], []
+    for pid, fid in list_tracklets(root, sub, skip):
+        match = DUKE_VIDEO_PATTERN.match(fid.rsplit('/', 1)[-1])
+        if match is None:
+            bad.append(fid)
+        elif match.group(1) != pid:
+            raise common.InputError(f'{fid}: the folder is not the identity in the name')
+        else:
+            rows.append((pid, fid))
+    unparsable(bad, '0001/0001/0001_C6_F0001_X30823.jpg', skip)
+    return rows
+
+
+def draw_test_identities(pids: list[str], args: argparse.Namespace,
+                    rng: np.random.Generator) -> set[str]:
+    """round(--test_fraction x identities) identities drawn for testing; both sides non-empty."""
     n_test = int(round(args.test_fraction * len(pids)))
     if not 1 <= n_test < len(pids):
         raise common.InputError(f'--test_fraction {args.test_fraction} of {len(pids)} identities '
                                 f'leaves {n_test} for testing and {len(pids) - n_test} for '
                                 'training; both need at least one')
-    test_pids = {pids[i] for i in rng.permutation(len(pids))[:n_test]}
+    return {pids[i] for i in rng.permutation(len(pids))[:n_test]}
+
+
+def split_tracklets(rows: list[tuple[str, str]], args: argparse.Namespace,
+                    name: str) -> dict[str, list[tuple[str, str]]]:
+    """Splits identities into train and test, then test tracklets into query and gallery:
+    --query_per_id random tracklets of each test identity that has more than that many."""
+    rng = np.random.default_rng(args.seed)
+    test_pids = draw_test_identities(sorted({pid for pid, _ in rows}), args, rng)
+    tracks = defaultdict(list)  # test identity -> its tracklet folders, sorted
+    for pid, fid in rows:
+        folder = fid.rsplit('/', 1)[0]
+        if pid in test_pids and folder not in tracks[pid]:
+            tracks[pid].append(folder)
+    query = set()
+    for pid in sorted(tracks):
+        if len(tracks[pid]) > args.query_per_id:
+            query.update(tracks[pid][i] for i in rng.permutation(len(tracks[pid]))[
+                :args.query_per_id])
+    in_query = [fid.rsplit('/', 1)[0] in query for _, fid in rows]
+    return {f'{name}_train': [row for row in rows if row[0] not in test_pids],
+            f'{name}_query': [row for row, q in zip(rows, in_query, strict=True) if q],
+            f'{name}_test': [row for row, q in zip(rows, in_query, strict=True)
+                             if row[0] in test_pids and not q]}
+
+
+def split_folders(rows: list[tuple[str, str]], args: argparse.Namespace,
+                  name: str) -> dict[str, list[tuple[str, str]]]:
+    """Splits identities into train and test, then test images into query and gallery."""
+    pids = sorted({pid for pid, _ in rows})
+    rng = np.random.default_rng(args.seed)
+    test_pids = draw_test_identities(pids, args, rng)
     by_pid = defaultdict(list)
     for pid, fid in rows:
         if pid in test_pids:
@@ -381,6 +470,17 @@ def main() -> None:
             wrong = [fid for pid, fid in tables[name] if fid.split('/')[1] != pid]
             if wrong:
                 raise common.InputError(f'{wrong[0]}: the folder is not the identity in the name')
+    elif args.dataset == 'duke_video':
+        tables = {f'duke_video_{split}': duke_video_split(root, sub, skip)
+                  for split, sub in (('train', 'train'), ('query', 'query'), ('test', 'gallery'))}
+    elif args.dataset == 'tracklet_folders':
+        if not 0 <= args.test_fraction < 1:
+            raise common.InputError(f'--test_fraction {args.test_fraction} is not in [0, 1)')
+        rows = list_tracklets(root, '', skip)
+        name = args.name or root.resolve().name
+        if not rows:
+            raise common.InputError(f'{root} has no frames in IDENTITY/TRACKLET folders')
+        tables = split_tracklets(rows, args, name) if args.test_fraction else {name: rows}
     else:
         if not 0 <= args.test_fraction < 1:
             raise common.InputError(f'--test_fraction {args.test_fraction} is not in [0, 1)')

@@ -10,5 +10,7 @@ An ignored gallery entry counts neither as a match nor as a mistake for that que
 own file is always ignored. A file name the protocol cannot parse raises common.InputError
 naming the file. A protocol that reads identity and camera from file names keeps its regular
 expression in `PATTERN` (groups: identity, camera), which data/prepare.py and evaluate.py's
-multi-query use too.
+multi-query use too. For video (`evaluate.py --tracklets`), the frames of one tracklet share
+their folder and the name up to the end of the pattern's last group: a third group, the
+tracklet number (MARS), tells tracklets of one identity and camera apart.
 """

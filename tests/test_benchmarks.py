@@ -39,6 +39,10 @@ RUNS = {
                         r'serve_jpeg \(bytes -> embeddings\) +\d+\.\d images/s'),
     'evaluate_speed.py': (['--loop_queries', '2', '--repeats', '1'],
                           r'(.*evaluate +\d+\.\d\d s .*faster.*\n){4}'),
+    'evaluate_speed.py --mars': (['--mars', '--mars_scale', '0.002'],
+                                 r'own: \d+\.\d s, peak memory \d+ MiB.*\n.*mAP.*\n'
+                                 r'.*gallery: \d+\.\d s, peak memory \d+ MiB.*\n.*mAP.*\n'
+                                 r'pooling the gallery: peak \d+ MiB'),
     'rerank_speed.py': (['--small', '40', '160', '--no_market'],
                         r'ours \d+\.\d s, peak \d+ MiB.*dense \d+\.\d s'),
     'soak.py': (['--iterations', '12', '--checkpoint_frequency', '3', '--keep_checkpoints', '2',

@@ -47,3 +47,17 @@ def test_diagonal_hides_only_the_same_file():
 def test_unparsable_names_are_named(module):
     with pytest.raises(common.InputError, match='holiday_photo.jpg'):
         module.Excluder(np.array(['bounding_box_test/holiday_photo.jpg']))
+
+
+def test_mars_rules():
+    """MARS's rule per frame: `00-1` is junk, `0000` a distractor that counts."""
+    from excluders import mars
+    gallery = np.array(['bbox_test/0001/0001C1T0002F001.jpg',  # same id, same camera
+                        'bbox_test/0001/0001C2T0003F001.jpg',  # same id, other camera
+                        'bbox_test/00-1/00-1C3T0001F001.jpg',  # junk
+                        'bbox_test/0000/0000C1T0001F001.jpg',  # distractor
+                        'bbox_test/0012/0012C1T0001F001.jpg'])  # other id, same camera
+    mask = mars.Excluder(gallery)(np.array(['bbox_test/0001/0001C1T0001F005.jpg']))
+    assert mask.tolist() == [[True, False, True, False, False]]
+    with pytest.raises(common.InputError, match='0001C1F001.jpg'):
+        mars.Excluder(np.array(['bbox_test/0001/0001C1F001.jpg']))

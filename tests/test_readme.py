@@ -121,12 +121,19 @@ def workdir(tmp_path_factory, write_tf1_checkpoint):
         f'0000_c{cam}s1_{n:06d}_00.jpg' for cam in (1, 2, 3) for n in (100, 101)]}, seed=2)
     checkpoint = slim_resnet_v1_50(tmp / 'resnet_v1_50.ckpt', write_tf1_checkpoint)
     trinet_npz(tmp / 'trinet-market1501.npz')
+    trinet_npz(tmp / 'trinet-mars.npz')
+    # MARS's layout, names and info/ files, with few short tracklets: TriNet embeds each frame.
+    subprocess.run([sys.executable, str(ROOT / 'data' / 'make_demo.py'), '--video', '--out',
+                    str(tmp / 'MARS'), '--train_ids', '1', '--test_ids', '2', '--cameras', '2',
+                    '--distractors', '1', '--junk', '1', '--max_frames', '2', '--height', '64',
+                    '--width', '32'], check=True, capture_output=True)
     (work / 'files.txt').write_text(f'{market}/query/0005_c1s1_000009_00.jpg\n'
                                     f'{market}/query/0006_c1s1_000009_00.jpg\n')
     swaps = {'/data/Market-1501-v15.09.15': str(market), '/data/DukeMTMC-reID':
              str(tmp / 'DukeMTMC-reID'), '/data/distractors_500k': str(tmp / 'distractors_500k'),
              'resnet_v1_50.ckpt': checkpoint,
-             'trinet-market1501.npz': str(tmp / 'trinet-market1501.npz')}
+             'trinet-market1501.npz': str(tmp / 'trinet-market1501.npz'),
+             'trinet-mars.npz': str(tmp / 'trinet-mars.npz'), '/data/MARS': str(tmp / 'MARS')}
     return work, tmp / 'home', swaps
 
 
@@ -207,5 +214,8 @@ def test_every_readme_command_runs(workdir):
     assert len((work / 'data' / 'market1501_test_500k.csv').read_text().splitlines()) == 32
     evaluate_output = next(d.stdout for c, d in ran if c.startswith('python evaluate.py'))
     assert evaluate_output.startswith('mAP: ')
+    mars = json.loads((experiments / 'mars_trinet' / 'mars_evaluation.json').read_text())
+    assert mars['tracklets']['pooling'] == 'max' and mars['ap'] == 'market1501'
+    assert len(mars['aps']) == mars['tracklets']['query_tracklets'] > 0
     trinet_lines = (work / 'embeddings.csv').read_text().splitlines()
     assert len(trinet_lines) == 2 and len(trinet_lines[0].split(',')) == 129
