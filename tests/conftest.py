@@ -277,7 +277,8 @@ def write_tf1_checkpoint():
 # with these keeps both workers busy to the end instead of one running the README's commands
 # alone.
 LONGEST_FILES = ('test_readme.py', 'test_train.py', 'test_demo.py', 'test_benchmarks.py',
-                 'test_replicas.py', 'test_fuzz.py', 'test_mixed_precision.py')
+                 'test_replicas.py', 'test_strong_baseline.py', 'test_fuzz.py',
+                 'test_mixed_precision.py')
 
 
 def pytest_collection_modifyitems(items) -> None:
