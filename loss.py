@@ -237,6 +237,9 @@ def add_flags(group) -> None:
                        help='L2 weight decay: adds wd/2 |w|^2 of every convolution and dense '
                             'kernel to the loss (not batch norm, biases, GeM); 0: off (the strong '
                             'baseline: 5e-4).')
+    group.add_argument('--weight_decay_all', action='store_true', default=False,
+                       help='Apply --weight_decay to every trained variable, batch norm and '
+                            'biases too (as the strong baseline\'s published code does).')
 
 
 def id_loss(logits, labels, label_smoothing: float = 0.0):

@@ -29,6 +29,7 @@ class Extras(NamedTuple):
     center_lr: float = 0.5
     centres: object = None  # (N, D) tf.Variable, updated in the step (center_weight > 0)
     weight_decay: float = 0.0
+    decay_all: bool = False  # weight decay on every trained variable, not only the kernels
 
     def on(self) -> bool:
         """True if any term is switched on."""
@@ -41,7 +42,8 @@ NO_EXTRAS = Extras()
 def extras_of(args: argparse.Namespace, centres=None) -> Extras:
     """The Extras of train.py's flags; `centres` from make_centres when the center loss is on."""
     return Extras(args.id_loss_weight, args.label_smoothing, args.center_loss_weight,
-                  args.center_lr, centres, args.weight_decay)
+                  args.center_lr, centres, args.weight_decay,
+                  getattr(args, 'weight_decay_all', False))
 
 
 def make_centres(classes: int, dim: int):
@@ -276,7 +278,8 @@ def extra_terms(model, endpoints: dict, own_emb, pids, batch, extras: Extras, co
         parts['center_losses'] = whole(center_losses)
         total += extras.center_weight * tf.reduce_sum(parts['center_losses'])
     if extras.weight_decay:
-        kernels = [v for v in model.trainable_variables if v.path.endswith('kernel')]
+        kernels = [v for v in model.trainable_variables
+                   if extras.decay_all or v.path.endswith('kernel')]
         decay = 0.5 * extras.weight_decay * tf.add_n([tf.reduce_sum(tf.square(k))
                                                       for k in kernels])
         own += decay / replicas

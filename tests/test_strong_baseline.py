@@ -174,3 +174,31 @@ def test_strong_baseline_learns_the_demo_at_least_as_well_as_the_2017_recipe(mon
         assert train_in_process(monkeypatch, *budget, *flags, '--experiment_root', root) == 0
         maps[name] = demo_map(root, data, metric)
     assert maps['strong'] >= maps['2017'] > 0.2, maps
+
+
+def test_the_objective_adds_each_part_by_its_weight():
+    import keras
+
+    import replicas
+    from model import build_model
+    keras.utils.set_random_seed(0)
+    model = build_model('small_cnn', 'bnneck', 8, num_classes=3)
+    rng = np.random.default_rng(0)
+    centres = tf.Variable(rng.normal(size=(3, 8)).astype(np.float32))
+    images = tf.constant(rng.uniform(0, 255, (6, 32, 16, 3)), tf.float32)
+    pids = tf.constant([0, 0, 1, 1, 2, 2])
+    counts = {}
+    for decay_all in (False, True):
+        extras = replicas.Extras(0.7, 0.1, 0.01, 0.5, centres, 1e-3, decay_all)
+        _, out = replicas.replica_gradients(model, images, pids, 'batch_hard', 0.3, 'euclidean',
+                                            extras=extras)
+        decayed = [v for v in model.trainable_variables
+                   if decay_all or v.path.split('/')[-1] == 'kernel']
+        counts[decay_all] = len(decayed)
+        decay = 0.5 * 1e-3 * sum((v.numpy().astype(np.float64) ** 2).sum() for v in decayed)
+        assert float(out['weight_decay']) == pytest.approx(decay, rel=1e-5)
+        whole = (out['losses'].numpy().mean() + 0.7 * out['id_losses'].numpy().mean()
+                 + 0.01 * out['center_losses'].numpy().sum() + decay)
+        assert float(out['loss']) == pytest.approx(whole, rel=1e-5)
+        assert out['id_losses'].shape == out['center_losses'].shape == (6,)
+    assert counts[True] > counts[False] > 0  # batch norm's gamma and the like only when asked
