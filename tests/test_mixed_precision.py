@@ -182,9 +182,9 @@ def embed_here(root, demo, split: str, *flags: str) -> tuple[np.ndarray, str]:
     used = []
     real = embed.build_model
 
-    def spy(*args):
+    def spy(*args, **options):  # options: the net options and classes (model_options)
         used.append(args[3])
-        return real(*args)
+        return real(*args, **options)
 
     out = root / f'{split}{"_".join(flags)}.h5'
     with pytest.MonkeyPatch.context() as patch:
