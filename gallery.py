@@ -13,10 +13,10 @@ never rewrites the base files, and an addition that was acknowledged survives a 
 
 Search is exact by default, with the distances and ranking of evaluate.py: a float32 matrix
 product (BLAS) over blocks of the gallery screens candidates, keeping every entry that rounding
-could put among the k nearest, and the candidates are then ranked by their float64 distances of
-loss.cdist, ties in gallery order, as evaluate.py ranks them. faiss (optional) replaces the
-screening by an approximate one (HNSW, or IVF for large galleries); its candidates are ranked
-the same way.
+could put among the k nearest, and the candidates are then ranked by their float64 distances
+(loss.cdist's definitions), ties in gallery order, as evaluate.py ranks them. faiss (optional)
+replaces the screening by an approximate one (HNSW, or IVF for large galleries); its
+candidates are ranked the same way.
 """
 import contextlib
 import csv
@@ -183,12 +183,7 @@ def build_faiss(embs: np.ndarray, metric: str, k: int = 10, target: float = 0.99
         index.train(embs[rng.choice(count, min(count, 64 * nlist), replace=False)])
         params, knob = {'type': 'IVFFlat', 'nlist': nlist}, 'nprobe'
     index.add(embs)
-    queries = embs[rng.choice(count, min(count, tuning), replace=False)]
-    k = min(k, count)
-    exact = Exact(embs, 'sqeuclidean').candidates(queries, k)
-    truth = [set(rows[np.argsort(loss.cdist(q[None], embs[rows], 'sqeuclidean')[0],
-                                 kind='stable')[:k]].tolist())
-             for q, rows in zip(queries, exact, strict=True)]
+    queries, truth, k = tuning_queries(embs, min(count, tuning), min(k, count), rng)
     value, recall = 8, 0.0
     while True:
         set_search_parameter(index, params['type'], value)
@@ -202,6 +197,24 @@ def build_faiss(embs: np.ndarray, metric: str, k: int = 10, target: float = 0.99
     params.update({knob: value, 'tuned_recall_at_k': float(recall), 'tuned_k': k,
                    'tuning_queries': len(queries)})
     return Faiss(index, params)
+
+
+def tuning_queries(embs: np.ndarray, count: int, k: int, rng) -> tuple[np.ndarray, list, int]:
+    """Queries like real ones for tuning: `count` gallery rows, each moved by about the
+    distance to its nearest neighbour (a query is a new image, never a gallery row itself),
+    with the sets of their exact k nearest rows."""
+    exact = Exact(embs, 'sqeuclidean')
+    rows = embs[rng.choice(len(embs), count, replace=False)]
+    nearest = [np.sort(distances(row, embs[found], 'sqeuclidean'))[1:2]
+               for row, found in zip(rows, exact.candidates(rows, 2), strict=True)]
+    step = np.sqrt(np.median(np.concatenate(nearest))) if len(embs) > 1 else 0.0
+    queries = rows + rng.normal(size=rows.shape).astype(np.float32) * step / np.sqrt(
+        embs.shape[1])
+    truth = []
+    for query, found in zip(queries, exact.candidates(queries, k), strict=True):
+        order = np.argsort(distances(query, embs[found], 'sqeuclidean'), kind='stable')
+        truth.append(set(found[order[:k]].tolist()))
+    return queries.astype(np.float32), truth, k
 
 
 def set_search_parameter(index, kind: str, value: int) -> None:
@@ -340,10 +353,24 @@ class Gallery:
         embs = self.exact.embs
         out = []
         for query, rows in zip(queries, self.searcher.candidates(queries, k), strict=True):
-            dists = loss.cdist(query[None].astype(np.float64), embs[rows], self.metric)[0]
+            dists = distances(query, embs[rows], self.metric)
             order = np.argsort(dists, kind='stable')[:k]  # rows are sorted: ties by index
             out.append([(int(rows[i]), float(dists[i])) for i in order])
         return out
+
+
+def distances(query: np.ndarray, embs: np.ndarray, metric: str) -> np.ndarray:
+    """float64 distances (n,) of one query (D,) to rows (n, D), as loss.cdist defines them.
+
+    Computed from differences, row by row: an entry's distance does not depend on which other
+    rows are ranked with it (a matrix product's rounding can, by its blocking), so that equal
+    embeddings get equal distances and keep gallery order.
+    """
+    diffs = np.asarray(embs, np.float64) - np.asarray(query, np.float64)
+    if metric == 'cityblock':
+        return np.abs(diffs).sum(1)
+    squared = np.square(diffs).sum(1)
+    return squared if metric == 'sqeuclidean' else np.sqrt(squared + 1e-12)
 
 
 def write_addition(folder: Path, embs: np.ndarray, pids, fids) -> Path:
