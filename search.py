@@ -194,20 +194,6 @@ def check_query_args(args: argparse.Namespace) -> None:
         raise common.InputError('--quiet prints nothing: add --out or --report')
 
 
-def check_export(index: gallery.Gallery, export: str) -> None:
-    """Refuses an export that does not embed as the gallery was embedded."""
-    import export as export_module
-    signature = export_module.read_signature(export)
-    if signature['embedding_dim'] != index.dim:
-        raise common.InputError(f'{export} makes {signature["embedding_dim"]}-D embeddings, '
-                                f'but the index {index.folder} holds {index.dim}-D ones')
-    for key in ('model_name', 'head_name'):
-        if index.info.get(key) not in (None, signature.get(key)):
-            raise common.InputError(f'{export} is a {signature.get(key)} model, but the index '
-                                    f'{index.folder} was built from {index.info[key]} '
-                                    'embeddings: queries must be embedded the same way')
-
-
 def query_inputs(args: argparse.Namespace, index: gallery.Gallery) -> tuple:
     """(names (Q,), pids (Q,) or None, embeddings function of a slice or None, embs or None)."""
     pids = None
@@ -221,7 +207,8 @@ def query_inputs(args: argparse.Namespace, index: gallery.Gallery) -> tuple:
             raise common.InputError(f'query embeddings are {embs.shape[1]}-D, the index '
                                     f'{index.folder} holds {index.dim}-D ones')
         return names, pids, lambda batch: embs[batch]
-    check_export(index, args.export)
+    import export as export_module
+    gallery.check_export(index, export_module.read_signature(args.export), args.export)
     if args.images:
         names = np.array(args.images)
         paths = list(args.images)
@@ -231,7 +218,6 @@ def query_inputs(args: argparse.Namespace, index: gallery.Gallery) -> tuple:
     missing = [path for path in paths if not common.is_file(Path(path))]
     if missing:
         raise common.InputError(f'{len(missing)} query images are missing, e.g. {missing[0]}')
-    import export as export_module
     embed_files = export_module.load_embedder(args.export)
 
     def embed_batch(batch: slice) -> np.ndarray:
