@@ -337,11 +337,13 @@ class Gallery:
         return len(self.exact.embs)
 
     def _extend(self, embs: np.ndarray, pids: list, fids: list) -> None:
-        if self.searcher is not self.exact:
-            self.searcher.add(embs)
-        self.exact.add(embs)
+        # In this order: a search running meanwhile finds only rows whose identity, path and
+        # embedding are all there.
         self.pids += list(pids)
         self.fids += list(fids)
+        self.exact.add(embs)
+        if self.searcher is not self.exact:
+            self.searcher.add(embs)
 
     def add(self, embs: np.ndarray, pids: list[str], fids: list[str]) -> Path:
         """Persists (n, D) new entries as one addition file, then makes them searchable.
@@ -365,9 +367,10 @@ class Gallery:
         """Per query (Q, D), its k nearest entries (index, distance), nearest first: float64
         distances as loss.cdist computes them, ties in gallery order."""
         queries = np.asarray(queries, np.float32)
-        embs = self.exact.embs
+        found = self.searcher.candidates(queries, k)
+        embs = self.exact.embs  # taken after: it holds every row the candidates name
         out = []
-        for query, rows in zip(queries, self.searcher.candidates(queries, k), strict=True):
+        for query, rows in zip(queries, found, strict=True):
             dists = distances(query, embs[rows], self.metric)
             order = np.argsort(dists, kind='stable')[:k]  # rows are sorted: ties by index
             out.append([(int(rows[i]), float(dists[i])) for i in order])

@@ -221,6 +221,11 @@ def serve(args) -> None:
     embed_files = export.load_embedder(args.export)
     limits = {key: getattr(args, key) for key in ('max_images', 'max_image_bytes', 'max_pixels',
                                                    'top_k', 'max_top_k')}
+    # Concurrency comes from the requests, one thread each: a BLAS or OpenMP call that fanned
+    # out over the cores as well would contend with the other requests' threads (OpenBLAS's
+    # waiting threads spin), and TensorFlow's. Measured with benchmarks/serve_load.py.
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1)
     app = make_app(index, embed_files, limits)
     try:
         sock = socket.create_server((args.host, args.port))

@@ -4,6 +4,7 @@ calibration, faiss recall, and embed.py --shard parts joined as one unsharded ru
 The HTTP service has its own file (test_service.py): it needs an export and a server process.
 """
 import json
+import sys
 import threading
 
 import numpy as np
@@ -257,3 +258,19 @@ def test_parts_join_and_refusals(tmp_path, capsys):
     parts[1].rename(tmp_path / 'gone.h5')
     with pytest.raises(common.InputError, match='its part p1.h5 is missing'):
         common.load_embedding_parts([tmp_path / 'all.h5'])
+
+
+@pytest.mark.parametrize('module, argv, expected', [
+    ('faiss', ['index', '--embeddings', 'g.h5', '--dataset', 'g.csv', '--out', 'new', '--index',
+               'faiss'], '--index faiss needs faiss-cpu (pip install -r requirements-search.txt)'),
+    ('fastapi', ['serve', '--index', 'idx', '--export', 'e'],
+     'search.py serve needs fastapi (pip install -r requirements-search.txt)'),
+])
+def test_without_the_optional_packages_one_line_says_what_to_install(
+        tmp_path, capsys, monkeypatch, module, argv, expected):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, module, None)  # `import` then fails as if not installed
+    write_set(tmp_path, 'g', np.zeros((3, 2), np.float32), ['a', 'b', 'c'])
+    code, _, err = run(argv, capsys)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / 'new').exists()
