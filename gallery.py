@@ -307,7 +307,7 @@ class Gallery:
         self.info = read_info(folder)
         self.metric = self.info['metric']
         try:
-            embs = np.load(self.folder / EMBS_FILE)
+            embs = np.load(self.folder / EMBS_FILE, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise common.InputError(f'cannot read {self.folder / EMBS_FILE}: {e}') from None
         pids, fids = common.load_dataset(self.folder / ENTRIES_FILE)

@@ -6,7 +6,8 @@
     python search.py query --index idx --query_embeddings exp/query.h5 --out results.jsonl
     python search.py calibrate --embeddings exp/query.h5 --dataset data/market1501_query.csv
     python search.py serve --index idx --export exp/export --port 8080
-    python search.py join --parts test_0of2.h5 test_1of2.h5 --out test.h5
+    python search.py join --parts test_embeddings_part0of2.h5 test_embeddings_part1of2.h5 \\
+        --out test_embeddings.h5
 
 `index` builds a gallery index folder (gallery.py says what it holds) from embed.py's HDF5
 files, with the settings of the experiment (args.json beside the embeddings) or of an export
@@ -113,6 +114,8 @@ join_parser = commands.add_parser(
     'join', help='Join embed.py --shard parts into one HDF5 file without copying them.')
 join_parser.add_argument('--parts', required=True, nargs='+', metavar='H5')
 join_parser.add_argument('--out', required=True, help='The HDF5 file to write.')
+for command_parser in commands.choices.values():  # keep the help strings' line breaks
+    command_parser.formatter_class = argparse.RawTextHelpFormatter
 
 
 # ----------------------------------------------------------------------------- index

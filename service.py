@@ -12,7 +12,8 @@
 
 A bad request gets a 4xx and {"error": "one line"}: not multipart (415), no Content-Length
 (411), too large or too many files (413), not a JPEG/PNG/GIF/BMP or undecodable (400), bad
-fields (422). Embedding and search run in worker threads (TensorFlow and BLAS release the GIL);
+fields (422); 507 if the index folder cannot be written (then nothing is added). Embedding and
+search run in worker threads, one BLAS thread each (TensorFlow and BLAS release the GIL);
 SIGINT or SIGTERM stop accepting connections, finish the requests in flight, and exit 0.
 
 fastapi, uvicorn and python-multipart are optional (requirements-search.txt): this module
@@ -181,7 +182,10 @@ def make_app(index: gallery.Gallery, embed_files, limits: dict):
                                   f'comma-separated: {len(datas)} images, '
                                   f'{len([p for p in identities if p])} identities')
         embs = await embed(datas, names)
-        await run_in_threadpool(index.add, embs, identities, names)
+        try:
+            await run_in_threadpool(index.add, embs, identities, names)
+        except common.InputError as e:  # the folder cannot be written: nothing was added
+            raise BadRequest(507, str(e)) from None
         stats.record('gallery', True, time.perf_counter() - start)
         return {'added': len(datas), 'size': len(index)}
 
