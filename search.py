@@ -91,6 +91,9 @@ calibrate_parser.add_argument('--false_match_rate', type=common.positive_float, 
                                    'distance (default 0.01).')
 calibrate_parser.add_argument('--anchors', type=common.positive_int, default=2000,
                               help='Rows compared with all others (default 2000; all if fewer).')
+calibrate_parser.add_argument('--ignore_identities', nargs='+', default=[], metavar='ID',
+                              help='Rows of these identities take no part, e.g. Market-1501\'s\n'
+                                   'junk and distractors: -1 0000.')
 
 serve_parser = commands.add_parser('serve', help='Answer searches and additions over HTTP.')
 serve_parser.add_argument('--index', required=True, help='Gallery index folder.')
@@ -340,6 +343,8 @@ def calibrate(embs: np.ndarray, pids: np.ndarray, metric: str, anchors: int = 20
 
 def run_calibrate(args: argparse.Namespace) -> None:
     embs, pids, _ = load_labelled(args.embeddings, args.dataset)
+    keep = ~np.isin(pids, args.ignore_identities)
+    embs, pids = embs[keep], pids[keep]
     if args.false_match_rate >= 1:
         raise common.InputError(f'--false_match_rate {args.false_match_rate} must be below 1')
     metric = args.metric or embedding_settings(args.embeddings[0], None, None)['metric']

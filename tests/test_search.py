@@ -165,6 +165,10 @@ def test_max_distance_no_match_and_calibrate(tmp_path, capsys):
     assert np.mean(different <= distance) <= 0.02 < np.mean(different <= distance * 1.01)
     assert f'{np.mean(same <= distance):7.2%}' in line
     assert len(same) == sum(c * (c - 1) for c in np.bincount(pids))
+    code, out, err = run(['calibrate', '--embeddings', h5, '--dataset', csv,
+                          '--ignore_identities', str(pids[0]), str(pids[1])], capsys)
+    kept = np.bincount(pids[~np.isin(pids, pids[:2])])
+    assert code == 0 and out.startswith(f'{sum(c * (c - 1) for c in kept)} same-identity'), err
     # Queries: one near the gallery, one far from everything.
     run(['index', '--embeddings', h5, '--dataset', csv, '--out', tmp_path / 'idx'], capsys)
     queries = np.r_[embs[:1] + 0.01, np.full((1, 8), 50, np.float32)]
