@@ -14,6 +14,7 @@ import common
 import evaluate
 import gallery
 import loss
+import nearest
 import search
 from excluders.diagonal import Excluder
 
@@ -55,7 +56,7 @@ def test_exact_search_equals_evaluate_ranking(metric, block, kind):
         gallery_embs[50] = gallery_embs[3]  # a duplicate: a tie
         queries = np.r_[clustered(rng, 29, 6, 20)[0], gallery_embs[3:4]]
     index = gallery.Gallery.__new__(gallery.Gallery)  # the search alone, no folder
-    index.metric, index.exact = metric, gallery.Exact(gallery_embs, metric, block)
+    index.metric, index.exact = metric, nearest.Exact(gallery_embs, metric, block)
     index.searcher = index.exact
     found = index.search(queries, 10)
     dists = evaluate.plain_distances(queries, gallery_embs, metric)(slice(None))
@@ -214,9 +215,9 @@ def test_faiss_recall_on_a_small_gallery(hnsw_max):
     rng = np.random.default_rng(4)
     both, _ = clustered(rng, 4200, 16, 100)
     embs, queries = both[:4000], both[4000:]
-    searcher = gallery.build_faiss(embs, 'euclidean', hnsw_max=hnsw_max)
+    searcher = nearest.build_faiss(embs, 'euclidean', hnsw_max=hnsw_max)
     assert searcher.params['type'] == ('HNSW' if hnsw_max > 4000 else 'IVFFlat')
-    exact = gallery.Exact(embs, 'euclidean')
+    exact = nearest.Exact(embs, 'euclidean')
     recall = []
     for query, approx, rows in zip(queries, searcher.candidates(queries, 10),
                                    exact.candidates(queries, 10), strict=True):
