@@ -279,3 +279,22 @@ def test_without_the_optional_packages_one_line_says_what_to_install(
     code, _, err = run(argv, capsys)
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / 'new').exists()
+
+
+def test_faiss_index_takes_additions_and_reloads_them(tmp_path, capsys):
+    pytest.importorskip('faiss', reason='faiss-cpu is not installed (requirements-search.txt)')
+    rng = np.random.default_rng(7)
+    embs, pids = clustered(rng, 300, 8, 30)
+    h5, csv = write_set(tmp_path, 'g', embs, pids)
+    code, out, err = run(['index', '--embeddings', h5, '--dataset', csv, '--out',
+                          tmp_path / 'idx', '--index', 'faiss'], capsys)
+    assert code == 0 and '"type": "HNSW"' in out, err
+    info = json.loads((tmp_path / 'idx' / 'index.json').read_text())
+    assert info['faiss']['efSearch'] >= 8 and info['faiss']['tuned_recall_at_k'] >= 0.995
+    new = embs[:2] + 100  # far from everything: only the faiss index can propose them
+    h5_new, csv_new = write_set(tmp_path, 'new', new, ['x', 'y'], 'new')
+    assert run(['index', '--add', '--embeddings', h5_new, '--dataset', csv_new, '--out',
+                tmp_path / 'idx'], capsys)[0] == 0
+    index = gallery.Gallery(tmp_path / 'idx')
+    assert index.searcher.index.ntotal == 302
+    assert [hits[0] for hits in index.search(new, 1)] == [(300, 1e-6), (301, 1e-6)]
