@@ -209,16 +209,26 @@ def parse_top_k(value: str | None, limits: dict) -> int:
     return int(value)
 
 
+def find_module(name: str) -> bool:
+    """Whether a module can be imported (False also where sys.modules blocks it with None)."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules[name] is None
+        return False
+
+
 def serve(args) -> None:
     """search.py serve: loads the index and the export, listens, and serves until SIGINT or
     SIGTERM, then finishes the requests in flight and returns."""
-    try:
-        import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
-        import uvicorn
-    except ImportError as e:
-        raise common.InputError(f'search.py serve needs {e.name} ({INSTALL_HINT}); query works '
-                                'without it') from None
+    # python-multipart (the form parser) is the module python_multipart, `multipart` before 0.0.13.
+    missing = [name for name, modules in (('fastapi', ['fastapi']), ('uvicorn', ['uvicorn']),
+                                          ('python-multipart', ['python_multipart', 'multipart']))
+               if not any(find_module(module) for module in modules)]
+    if missing:
+        raise common.InputError(f'search.py serve needs {", ".join(missing)} ({INSTALL_HINT}); '
+                                'index and query work without it')
+    import uvicorn
     import export
     index = gallery.Gallery(args.index)
     gallery.check_export(index, export.read_signature(args.export), args.export)
