@@ -104,20 +104,21 @@ def image_files(setup, indices) -> list[tuple[str, str, bytes]]:
 def test_query_images_through_the_export(setup, tmp_path, capsys):
     folder = setup['folder']
     argv = ['query', '--index', folder / 'index', '--export', folder / 'export', '--top_k', '2',
-            '--out', tmp_path / 'r.jsonl', '--report', tmp_path / 'report']
+            '--out', tmp_path / 'r.jsonl']
     search.main([str(a) for a in argv + ['--images', *(setup['images'] / f for f in FIDS[:2])]])
     records = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
     # A gallery image finds itself first (the same pixels through the same model).
     assert [r['results'][0]['path'] for r in records] == FIDS[:2]
     assert all(r['results'][0]['distance'] < 1e-3 for r in records)
     assert 'query 2/2' in capsys.readouterr().out
-    assert (tmp_path / 'report' / 'index.html').is_file()
-    assert len(list((tmp_path / 'report' / 'queries').glob('*.png'))) == 2
-    # The same through --dataset (identities known) and through the gallery's embeddings.
+    # The same through --dataset (identities known: a report) and the gallery's embeddings.
     search.main([str(a) for a in argv + ['--dataset', folder / 'gallery.csv', '--image_root',
-                                         setup['images'], '--quiet']])
+                                         setup['images'], '--quiet', '--report',
+                                         tmp_path / 'report']])
+    assert (tmp_path / 'report' / 'index.html').is_file()
+    assert len(list((tmp_path / 'report' / 'queries').glob('*.png'))) == 6
     by_images = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
-    search.main([str(a) for a in argv[:3] + argv[5:9] + [
+    search.main([str(a) for a in argv[:3] + argv[5:] + [
         '--query_embeddings', setup['root'] / 'gallery.h5', '--dataset', folder / 'gallery.csv',
         '--quiet']])
     by_embs = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
