@@ -10,7 +10,9 @@ import csv
 import io
 import logging
 import os
+import shutil
 import signal
+import struct
 import sys
 from pathlib import Path
 from collections.abc import Callable, Iterator
@@ -128,6 +130,14 @@ def float_or_string(choices: tuple[str, ...]) -> Callable[[str], float | str]:
     return parse
 
 
+def shard(value: str) -> tuple[int, int]:
+    """argparse type of embed.py --shard: `I/N` with 0 <= I < N."""
+    part, _, parts = value.partition('/')
+    if not (part.isdigit() and parts.isdigit()) or not int(part) < int(parts):
+        raise argparse.ArgumentTypeError(f'{value!r} is not I/N with 0 <= I < N, e.g. 0/4')
+    return int(part), int(parts)
+
+
 # ----------------------------------------------------------------------------- datasets
 def load_dataset(csv_file: str | os.PathLike, image_root: str | os.PathLike | None = None,
                  check_files: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -171,12 +181,17 @@ def load_dataset(csv_file: str | os.PathLike, image_root: str | os.PathLike | No
     if not fids:
         raise InputError(f'dataset {csv_file} has no lines')
     if check_files:
-        root = Path(image_root or '.')
-        missing = [fid for fid in fids if not is_file(root / fid)]
-        if missing:
-            raise InputError(f'{len(missing)} of {len(fids)} images of {csv_file} are missing '
-                             f'under {root}, e.g. {", ".join(missing[:3])}')
+        check_images(fids, image_root, csv_file)
     return np.array(pids), np.array(fids)
+
+
+def check_images(fids, image_root: str | os.PathLike | None, csv_file) -> None:
+    """Raises an InputError if any of the images `fids` of `csv_file` is missing."""
+    root = Path(image_root or '.')
+    missing = [fid for fid in fids if not is_file(root / fid)]
+    if missing:
+        raise InputError(f'{len(missing)} of {len(fids)} images of {csv_file} are missing '
+                         f'under {root}, e.g. {", ".join(missing[:3])}')
 
 
 def is_file(path: Path) -> bool:
@@ -245,6 +260,8 @@ def _embedding_dataset(f, h5_file):
     dataset = f[name]
     if not isinstance(dataset, h5py.Dataset):
         raise InputError(f'{h5_file}: "{name}" is a group, not a dataset')
+    if dataset.is_virtual:  # a join of parts: HDF5 would fill a missing one in silently
+        check_sources(h5_file, dataset)
     if dataset.dtype.kind not in 'fiu':  # not bool, complex, strings or records
         raise InputError(f'{h5_file}: dataset "{name}" holds {dataset.dtype}, not real numbers')
     return dataset
@@ -313,13 +330,45 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a temporary folder beside `path` to fill; when the block ends without error it
+    takes the place of `path` (renames only), otherwise it is removed. So readers see either
+    the old folder or the complete new one, never a half-written one.
+
+    Raises:
+        InputError: `path` is a file, or a non-empty folder and not `overwrite`, or its parent
+            folder is missing, or the folder cannot be written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f'{path} is a file, not a folder')
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise InputError(f'{path} exists and is not empty; add --overwrite to replace it')
+    if not path.parent.is_dir():
+        raise InputError(f'cannot write {path}: the folder {path.parent} does not exist')
+    tmp, old = (path.with_name(f'{path.name}.{kind}-{os.getpid()}') for kind in ('tmp', 'old'))
+    try:
+        tmp.mkdir()
+        yield tmp
+        if path.exists():
+            os.rename(path, old)
+        os.rename(tmp, path)
+    except OSError as e:
+        raise InputError(f'cannot write {path}: {e.strerror or e}') from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_embeddings(h5_file: str | os.PathLike, emb: np.ndarray, emb_aug: np.ndarray | None = None,
-                    augmentation_types: list[str] | None = None) -> None:
+                    augmentation_types: list[str] | None = None,
+                    attrs: dict | None = None) -> None:
     """Writes `emb` (N, D), optionally `emb_aug` (A, N, D) and `augmentation_types` (A,).
 
     The file is written under a temporary name and renamed, so an interrupted run never
     leaves a truncated file under the final name. `embs` is a soft link to `emb`, the name
-    the 2017 code wrote.
+    the 2017 code wrote. `attrs` go to the file's attributes (a part's PART_ATTRS).
 
     Raises:
         InputError: the file cannot be written (a full disk, a file size limit, a read-only
@@ -333,12 +382,158 @@ def save_embeddings(h5_file: str | os.PathLike, emb: np.ndarray, emb_aug: np.nda
     with h5py.File(image, 'w') as f:
         f.create_dataset('emb', data=np.asarray(emb, np.float32))
         f['embs'] = h5py.SoftLink('/emb')
+        f.attrs.update(attrs or {})
         if emb_aug is not None:
             f.create_dataset('emb_aug', data=np.asarray(emb_aug, np.float32))
             f.create_dataset('augmentation_types', dtype=h5py.string_dtype(),
                              data=np.array(augmentation_types, dtype=object))
     with atomic_write(h5_file) as tmp:
         tmp.write_bytes(image.getbuffer())
+
+
+# ----------------------------------------------------------------------------- parts (shards)
+# What embed.py --shard records in each part's HDF5 attributes: its rows [start, stop) of the
+# dataset, the dataset's row count and a digest of its lines (parts of another CSV or another
+# model do not fit together), and the checkpoint.
+PART_ATTRS = ('part_rows', 'part_total', 'part_dataset', 'part_checkpoint')
+
+
+def dataset_digest(pids: np.ndarray, fids: np.ndarray) -> str:
+    """A short digest of a dataset's rows: equal for the same CSV lines, whatever the file."""
+    import hashlib
+    digest = hashlib.sha256()
+    for pid, fid in zip(pids, fids, strict=True):
+        digest.update(f'{pid}\0{fid}\n'.encode('utf-8', 'surrogateescape'))
+    return digest.hexdigest()[:16]
+
+
+def part_rows(start_of: int, parts: int, total: int) -> tuple[int, int]:
+    """Rows [start, stop) of the part `start_of` (0-based) of `parts` contiguous parts."""
+    return start_of * total // parts, (start_of + 1) * total // parts
+
+
+def read_part_info(h5_file: str | os.PathLike) -> dict | None:
+    """The PART_ATTRS of an HDF5 file and its `emb` shape, or None for a file that is no part."""
+    import h5py
+    try:
+        with h5py.File(h5_file, 'r') as f:
+            if 'part_rows' not in f.attrs:
+                return None
+            info = {key: f.attrs[key] for key in PART_ATTRS if key in f.attrs}
+            info['shape'] = f['emb'].shape if 'emb' in f else None
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        raise InputError(f'cannot read embeddings {h5_file}: {e}') from None
+    info['part_rows'] = tuple(int(v) for v in info['part_rows'])
+    info['part_total'] = int(info['part_total'])
+    return info
+
+
+def check_parts(h5_files: list) -> list[tuple[dict, str]]:
+    """The parts in row order, checked to make one whole: same dataset, checkpoint and size,
+    no row missing or twice, rows as many as recorded.
+
+    Raises:
+        InputError: in one line, naming the culprit.
+    """
+    infos = []
+    for h5_file in h5_files:
+        info = read_part_info(h5_file)
+        if info is None:
+            raise InputError(f'{h5_file} is not a part of embed.py --shard: give it alone')
+        infos.append((info, str(h5_file)))
+    infos.sort(key=lambda item: item[0]['part_rows'])
+    first, first_file = infos[0]
+    for info, h5_file in infos:
+        for key in ('part_total', 'part_dataset', 'part_checkpoint'):
+            if info.get(key) != first.get(key):
+                raise InputError(f'{h5_file} does not fit {first_file}: {key} '
+                                 f'{info.get(key)!r} vs {first.get(key)!r}')
+        start, stop = info['part_rows']
+        if info['shape'] is None or info['shape'][0] != stop - start or (
+                info['shape'][1:] != first['shape'][1:]):
+            raise InputError(f'{h5_file}: emb has shape {info["shape"]}, expected '
+                             f'{stop - start} rows like {first["shape"]}')
+    expected = 0
+    for info, h5_file in infos:
+        start, stop = info['part_rows']
+        if start > expected:
+            raise InputError(f'rows {expected}-{start - 1} of {first["part_total"]} are missing: '
+                             f'no part holds them (the next is {h5_file})')
+        if start < expected:
+            raise InputError(f'{h5_file} overlaps another part: its rows start at {start}, '
+                             f'rows up to {expected - 1} are taken')
+        expected = stop
+    if expected != first['part_total']:
+        raise InputError(f'rows {expected}-{first["part_total"] - 1} of {first["part_total"]} '
+                         f'are missing: no part holds them (the last is {infos[-1][1]})')
+    return infos
+
+
+def ordered_parts(h5_files: list | str | os.PathLike) -> list[str]:
+    """One HDF5 file, or embed.py --shard parts checked to make one whole (check_parts), in
+    row order. A lone part that is not the whole dataset is refused.
+
+    Raises:
+        InputError: as check_parts.
+    """
+    files = [h5_files] if isinstance(h5_files, (str, os.PathLike)) else list(h5_files)
+    if len(files) == 1:
+        info = read_part_info(files[0])
+        if info is not None and info['part_rows'] != (0, info['part_total']):
+            check_parts(files)  # says which rows are missing
+        return [str(files[0])]
+    return [h5_file for _, h5_file in check_parts(files)]
+
+
+def load_embedding_parts(h5_files: list | str | os.PathLike) -> np.ndarray:
+    """The embeddings (N, D) of one HDF5 file, or of embed.py --shard parts joined in row order.
+
+    Raises:
+        InputError: as load_embeddings and ordered_parts.
+    """
+    files = ordered_parts(h5_files)
+    if len(files) == 1:
+        return load_embeddings(files[0])
+    return np.concatenate([load_embeddings(h5_file) for h5_file in files])
+
+
+def join_embedding_parts(h5_files: list, out: str | os.PathLike) -> int:
+    """Writes one HDF5 file whose `emb` is an HDF5 virtual dataset over the parts' `emb`: no
+    data is copied; the parts must stay beside it (their names are stored relative to `out`'s
+    folder). Returns the number of rows.
+
+    Raises:
+        InputError: the parts do not make one whole, or `out` cannot be written.
+    """
+    import h5py
+    parts = check_parts(h5_files)
+    first = parts[0][0]
+    total, shape = first['part_total'], first['shape'][1:]
+    layout = h5py.VirtualLayout((total, *shape), np.float32)
+    folder = Path(out).resolve().parent
+    for info, h5_file in parts:
+        start, stop = info['part_rows']
+        name = os.path.relpath(Path(h5_file).resolve(), folder)
+        layout[start:stop] = h5py.VirtualSource(name, 'emb', shape=(stop - start, *shape))
+    probe_writable(out)
+    with atomic_write(out) as tmp:
+        with h5py.File(tmp, 'w') as f:
+            f.create_virtual_dataset('emb', layout, fillvalue=np.nan)
+            f['embs'] = h5py.SoftLink('/emb')
+            f.attrs.update({key: first[key] for key in PART_ATTRS if key in first})
+            f.attrs['part_rows'] = (0, total)
+    return total
+
+
+def check_sources(h5_file: str | os.PathLike, dataset) -> None:
+    """Refuses a virtual dataset (a join of parts) one of whose source files is missing."""
+    folder = Path(h5_file).parent
+    for source in dataset.virtual_sources():
+        path = Path(source.file_name)
+        path = path if path.is_absolute() else folder / path
+        if source.file_name != '.' and not path.is_file():
+            raise InputError(f'{h5_file} joins parts, but its part {source.file_name} is missing '
+                             f'(looked in {folder})')
 
 
 # ----------------------------------------------------------------------------- logging
@@ -415,3 +610,34 @@ def resize_image(image, height: int, width: int):
     """
     import tensorflow as tf
     return tf.image.resize(image, (height, width), method='bilinear')
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) read from the header of a JPEG, PNG, GIF or BMP file; None for anything
+    else. A service checks it before decoding: a small file can decode to gigabytes."""
+    if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24:
+        width, height = struct.unpack('>II', data[16:24])
+        return height, width
+    if data[:6] in (b'GIF87a', b'GIF89a') and len(data) >= 10:
+        width, height = struct.unpack('<HH', data[6:10])
+        return height, width
+    if data[:2] == b'BM' and len(data) >= 26:
+        width, height = struct.unpack('<ii', data[18:26])
+        return abs(height), abs(width)  # a negative height: rows stored top-down
+    if data[:2] != b'\xff\xd8':
+        return None
+    at = 2
+    while at + 9 <= len(data):  # JPEG: walk the segments to the frame header (SOFn)
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            at += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack('>HH', data[at + 5:at + 9])
+            return height, width
+        else:
+            at += 2 + struct.unpack('>H', data[at + 2:at + 4])[0]
+    return None

@@ -73,6 +73,11 @@ parser.add_argument(
     help='Also write TensorBoard projector files of the embeddings into DIR (tensors, metadata '
          'with identity, camera and file, a sprite of thumbnails): `tensorboard --logdir DIR`.')
 parser.add_argument(
+    '--shard', type=common.shard, default=None, metavar='I/N',
+    help='Embed only the I-th (0-based) of N contiguous parts of --dataset, so that N machines '
+         'embed one dataset: default file name `..._embeddings_partIofN.h5`, which records its '
+         'rows. search.py index, search.py join and evaluate.py take the N parts.')
+parser.add_argument(
     '--quiet', action='store_true',
     help='Print only warnings and errors: no settings, no progress bar.')
 group = parser.add_argument_group(
@@ -310,8 +315,20 @@ def main(argv: list[str] | None = None) -> None:
 
     # Data and output files.
     image_root = Path(args.image_root or '.').expanduser()
-    pids, fids = common.load_dataset(args.dataset, image_root, check_files=True)
-    filename = root / (args.filename or f'{Path(args.dataset).stem}_embeddings.h5')
+    pids, fids = common.load_dataset(args.dataset, image_root, check_files=not args.shard)
+    attrs, suffix = None, ''
+    if args.shard:  # this machine's rows; the attributes let the parts be joined and checked
+        rows = common.part_rows(*args.shard, len(fids))
+        if rows[0] == rows[1]:
+            raise common.InputError(f'--shard {args.shard[0]}/{args.shard[1]}: {args.dataset} '
+                                    f'has only {len(fids)} rows, this part none')
+        attrs = {'part_rows': rows, 'part_total': len(fids),
+                 'part_dataset': common.dataset_digest(pids, fids),
+                 'part_checkpoint': (checkpoint or experiment.latest_checkpoint(root)).name}
+        pids, fids = pids[rows[0]:rows[1]], fids[rows[0]:rows[1]]
+        common.check_images(fids, image_root, args.dataset)
+        suffix = f'_part{args.shard[0]}of{args.shard[1]}'
+    filename = root / (args.filename or f'{Path(args.dataset).stem}_embeddings{suffix}.h5')
     common.probe_writable(filename)
     csv_file = None if args.csv in (None, '-') else root / args.csv
     if csv_file is not None:
@@ -353,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
         emb = import_plugin('aggregators', args.aggregator).aggregate(emb_aug)
     else:
         emb = emb[:, 0]
-    common.save_embeddings(filename, emb, emb_aug, types if emb_aug is not None else None)
+    common.save_embeddings(filename, emb, emb_aug, types if emb_aug is not None else None,
+                           attrs)
     log.info('wrote %s: emb %s%s', filename, emb.shape,
              f', emb_aug {emb_aug.shape}' if emb_aug is not None else '')
     if args.csv is not None:

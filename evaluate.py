@@ -39,8 +39,9 @@ parser.add_argument('--query_embeddings', default=None,
                          'Required, except with --tracklets: then, if not given, the query\n'
                          "frames' embeddings are those of the same files in the gallery.")
 parser.add_argument('--gallery_dataset', required=True, help='CSV of the gallery.')
-parser.add_argument('--gallery_embeddings', required=True,
-                    help='HDF5 file with the gallery embeddings.')
+parser.add_argument('--gallery_embeddings', required=True, nargs='+',
+                    help='HDF5 file with the gallery embeddings, or the parts of embed.py --shard\n'
+                         '(or search.py join\'s file of them).')
 parser.add_argument('--metric', default='euclidean', choices=loss.METRICS,
                     help='Distance between embeddings; use the one the model was trained with '
                          '(cosine for BNNeck features, as the strong baseline evaluates).')
@@ -485,10 +486,10 @@ def load_images(args: argparse.Namespace, used: dict) -> tuple:
     query_pids, query_fids = common.load_dataset(args.query_dataset)
     gallery_pids, gallery_fids = common.load_dataset(args.gallery_dataset)
     query_embs = common.load_embeddings(args.query_embeddings)
-    gallery_embs = common.load_embeddings(args.gallery_embeddings)
+    gallery_embs = common.load_embedding_parts(args.gallery_embeddings)
     inputs = [('query', query_fids, query_embs, args.query_dataset, args.query_embeddings),
               ('gallery', gallery_fids, gallery_embs, args.gallery_dataset,
-               args.gallery_embeddings)]
+               ' '.join(args.gallery_embeddings))]
     if args.multi_query:
         pool_fids = common.load_dataset(args.multi_query_dataset)[1]
         pool_embs = common.load_embeddings(args.multi_query_embeddings)

@@ -266,6 +266,56 @@ def install(folder: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- reading back
+def read_signature(folder: str | os.PathLike) -> dict:
+    """signature.json of an export folder.
+
+    Raises:
+        InputError: the folder is no export of this script, or the file is damaged.
+    """
+    path = Path(folder) / 'signature.json'
+    if not path.is_file():
+        raise common.InputError(f'{folder} is not an export (no signature.json; export.py '
+                                'writes one)')
+    try:
+        info = json.loads(common.read_text(path, 'export signature'))
+    except (ValueError, RecursionError) as e:
+        raise common.InputError(f'cannot read {path}: {e}') from None
+    if not isinstance(info, dict) or 'embedding_dim' not in info:
+        raise common.InputError(f'{path} is not an export signature')
+    return info
+
+
+def load_embedder(folder: str | os.PathLike):
+    """A function from encoded JPEG/PNG files to their float32 (B, D) embeddings through the
+    export's SavedModel (serve_jpeg): what a service runs, without this project's model code.
+
+    The function takes (datas: list[bytes], names: list[str]) and raises an InputError naming
+    the first file that cannot be decoded; it is safe to call from several threads.
+    """
+    import numpy as np
+    import tensorflow as tf
+    path = Path(folder) / 'saved_model'
+    try:
+        serve = tf.saved_model.load(str(path)).signatures['serve_jpeg']
+    except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
+        raise common.InputError(f'cannot load the SavedModel {path}: '
+                                f'{str(e).strip().splitlines()[0]}') from None
+
+    def embed_files(datas: list[bytes], names: list[str]) -> np.ndarray:
+        try:
+            return serve(jpeg_bytes=tf.constant(datas))['embeddings'].numpy()
+        except tf.errors.InvalidArgumentError as e:
+            for data, name in zip(datas, names, strict=True):  # which one: each alone
+                try:
+                    serve(jpeg_bytes=tf.constant([data]))
+                except tf.errors.InvalidArgumentError as one:
+                    raise common.InputError(f'cannot decode image {name}: '
+                                            f'{one.message.strip().splitlines()[0]}') from None
+            raise common.InputError(f'cannot embed the images: {e.message}') from None
+    return embed_files
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)

@@ -19,7 +19,8 @@ import numpy as np
 import common
 
 ORDERS = ('worst', 'best', 'random')
-COLOURS = {'match': '#1a9c1a', 'wrong': '#d62020', 'ignored': '#9a9a9a'}
+COLOURS = {'match': '#1a9c1a', 'wrong': '#d62020', 'ignored': '#9a9a9a',
+           'unlabelled': '#3060c0'}  # search.py: a query without a known identity
 THUMB = (128, 64)  # (height, width) of a gallery picture in pixels, Market-1501's size
 CMC_RANKS = 50
 
@@ -239,6 +240,69 @@ Under each picture: rank among the entries that count, distance, identity.</p>
 {''.join(blocks)}
 </body></html>
 """
+
+
+# ----------------------------------------------------------------------------- search results
+def write_search_report(folder: str | os.PathLike, names: list[str], query_paths: list[str],
+                        query_pids: list[str] | None, rows: list[list[int]],
+                        dists: list[list[float]], gallery_pids: list, gallery_fids: list,
+                        gallery_path: Callable[[int], str],
+                        max_distance: float | None = None) -> Path:
+    """search.py query --report: the ranked list of each query, drawn as evaluate.py draws its
+    queries, on a page of its own.
+
+    Args:
+        names, query_paths: (Q,) query names and image files (missing ones are drawn grey).
+        query_pids: (Q,) identities when known (then green/red frames), else None (blue).
+        rows, dists: per query, the gallery indices and distances, nearest first.
+        gallery_pids, gallery_fids: identities and paths of the gallery, by index.
+        gallery_path: gallery index -> image file to show.
+        max_distance: entries beyond it are framed grey.
+
+    Returns:
+        The path of index.html.
+    """
+    esc = html.escape
+    folder = Path(folder)
+    (folder / 'queries').mkdir(parents=True, exist_ok=True)
+    blocks = []
+    for n, (name, hits, row_dists) in enumerate(zip(names, rows, dists, strict=True)):
+        pid = None if query_pids is None else query_pids[n]
+        entries = []
+        for local, (index, dist) in enumerate(zip(hits, row_dists, strict=True)):
+            kind = 'unlabelled' if pid is None else (
+                'match' if gallery_pids[index] == pid else 'wrong')
+            if max_distance is not None and dist > max_distance:
+                kind = 'ignored'
+            entries.append((local, local + 1, kind))
+        shown = {'pids': [gallery_pids[i] for i in hits], 'fids': [gallery_fids[i] for i in hits],
+                 'paths': [gallery_path(i) for i in hits]}
+        picture = f'queries/{n:04d}.png'
+        draw_query(folder / picture, {'pid': '?' if pid is None else pid, 'fid': name,
+                                      'path': query_paths[n]},
+                   shown, {'entries': entries}, np.asarray(row_dists))
+        matched = ('' if max_distance is None else ' &middot; no match within '
+                   f'{max_distance:g}' if not any(d <= max_distance for d in row_dists) else '')
+        blocks.append(f'<div class="query"><p>query {esc(str(name))}{matched}</p>'
+                      f'<img src="{esc(picture)}" alt="ranked list of {esc(str(name))}"></div>')
+    beyond = (f'<span style="color:{COLOURS["ignored"]}">beyond --max_distance '
+              f'{max_distance:g}</span>' if max_distance is not None else '')
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Search results</title>
+<style>body {{ font-family: sans-serif; margin: 20px; }} .query {{ margin: 10px 0; }}
+.legend span {{ font-weight: bold; margin-right: 10px; }}</style></head><body>
+<h1>Search results: {len(names)} queries</h1>
+<p class="legend"><span style="color:{COLOURS['match']}">same identity</span>
+<span style="color:{COLOURS['wrong']}">other identity</span>
+<span style="color:{COLOURS['unlabelled']}">query identity unknown</span> {beyond}
+Under each picture: rank, distance, identity.</p>
+{''.join(blocks)}
+</body></html>
+"""
+    index = folder / 'index.html'
+    with common.atomic_write(index) as tmp:
+        tmp.write_text(page, encoding='utf-8')
+    return index
 
 
 # ----------------------------------------------------------------------------- projector

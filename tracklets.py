@@ -240,7 +240,7 @@ def load(query_csv: str, query_h5, gallery_csv: str, gallery_h5, excluder_module
     del query_pids, query_fids, gallery_pids, gallery_fids  # the tracklets keep what they need
     if query_h5:
         query.pool(query_h5, pooling, normalize, query_csv)
-    gallery.pool(gallery_h5, pooling, normalize, gallery_csv,
+    gallery.pool(common.ordered_parts(gallery_h5), pooling, normalize, gallery_csv,
                  also=None if query_h5 else (query, rows))
     if query.embs.shape[1] != gallery.embs.shape[1]:
         raise common.InputError(f'query embeddings are {query.embs.shape[1]}-D but gallery '

@@ -45,6 +45,14 @@ RUNS = {
                                  r'pooling the gallery: peak \d+ MiB'),
     'rerank_speed.py': (['--small', '40', '160', '--no_market'],
                         r'ours \d+\.\d s, peak \d+ MiB.*dense \d+\.\d s'),
+    'search_speed.py': (['--gallery', '3000', '--dim', '16', '--singles', '5',
+                         '--recall_queries', '100'],
+                        r'exact: build .* one query: .* peak memory \d+ MiB(.|\n)*'
+                        r'faiss recall@10 against exact: \d\.\d{4}'),
+    'serve_load.py': (['--gallery', '300', '--clients', '2', '--seconds', '2', '--height', '32',
+                       '--width', '16', '--add_every', '3'],
+                      r'all +\d+ requests, .* failed 0\nadditions: (\d+) acknowledged.*'
+                      r'expected [\d,]+\), \1 of them in the index folder'),
     'soak.py': (['--iterations', '12', '--checkpoint_frequency', '3', '--keep_checkpoints', '2',
                  '--warmup', '4', '--identities', '5'],
                 r'start \d+ MiB .*end \d+ MiB \(growth [-+]\d+\.\d%.*\n.*checkpoints .*'

@@ -178,10 +178,11 @@ def test_every_readme_command_runs(workdir):
 
     def run_group(group: list[str]) -> list[tuple[str, subprocess.CompletedProcess]]:
         # Training first, in README order; then embed.py and export.py, which only read the
-        # checkpoints, two at a time; then evaluate.py, which reads their outputs.
-        stages = [[c for c in group if c.split()[1] not in READERS + ('evaluate.py',)],
+        # checkpoints, two at a time; then evaluate.py and search.py, which read their outputs.
+        later = ('evaluate.py', 'search.py')
+        stages = [[c for c in group if c.split()[1] not in READERS + later],
                   [c for c in group if c.split()[1] in READERS],
-                  [c for c in group if c.split()[1] == 'evaluate.py']]
+                  [c for c in group if c.split()[1] in later]]
         with ThreadPoolExecutor(2) as pool:
             return ([run_one(c) for c in stages[0]] + list(pool.map(run_one, stages[1]))
                     + [run_one(c) for c in stages[2]])
@@ -195,7 +196,7 @@ def test_every_readme_command_runs(workdir):
             ran += done
     scripts = {command.split()[1] for command, _ in ran}
     assert scripts >= {'data/prepare.py', 'market1501_train.sh', 'duke_mtmc_train.sh', 'train.py',
-                       'embed.py', 'evaluate.py', 'trinet_embed.py', 'export.py'}
+                       'embed.py', 'evaluate.py', 'trinet_embed.py', 'export.py', 'search.py'}
 
     # What the commands were to produce is there.
     experiments = home / 'experiments'
@@ -217,5 +218,8 @@ def test_every_readme_command_runs(workdir):
     mars = json.loads((experiments / 'mars_trinet' / 'mars_evaluation.json').read_text())
     assert mars['tracklets']['pooling'] == 'max' and mars['ap'] == 'market1501'
     assert len(mars['aps']) == mars['tracklets']['query_tracklets'] > 0
+    results = (experiments / 'market1501' / 'results.jsonl').read_text().splitlines()
+    assert len(results) == 4 and len(json.loads(results[0])['results']) == 5
+    assert (experiments / 'my_experiment' / 'market1501_test_embeddings.h5').exists()
     trinet_lines = (work / 'embeddings.csv').read_text().splitlines()
     assert len(trinet_lines) == 2 and len(trinet_lines[0].split(',')) == 129
