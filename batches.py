@@ -176,10 +176,7 @@ def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace
     size = args.batch_p * args.batch_k
     share = size // workers
     mine = slice(worker * share, (worker + 1) * share)
-    height, width = args.net_input_height, args.net_input_width
-
     frames_per_tracklet = getattr(args, 'frames_per_tracklet', None)
-    pad, erasing = getattr(args, 'pad_crop', 0), getattr(args, 'random_erasing', 0.0)
     tracklets = tracklet_labels(paths) if frames_per_tracklet else None
 
     def sampler():
@@ -194,22 +191,8 @@ def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace
     paths_t, labels_t = tf.constant(paths), tf.constant(labels, tf.int32)
 
     def load(position, row):
-        image = common.read_image(paths_t[row])
-        crop_seed = tf.stack([tf.constant(args.seed, tf.int64), 2 * position])
-        flip_seed = crop_seed + tf.constant([0, 1], tf.int64)
-        if args.crop_augment:
-            image = common.resize_image(image, args.pre_crop_height, args.pre_crop_width)
-            image = tf.image.stateless_random_crop(image, (height, width, 3), crop_seed)
-        else:
-            image = common.resize_image(image, height, width)
-        if args.flip_augment:
-            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-        if pad:  # seeds of their own, derived from the image's position like the others
-            image = pad_crop(image, pad, tf.random.experimental.stateless_fold_in(crop_seed, 2))
-        if erasing:
-            image = random_erasing(image, tf.random.experimental.stateless_fold_in(crop_seed, 3),
-                                   erasing)
-        return image, labels_t[row], row
+        seed = tf.stack([tf.constant(args.seed, tf.int64), 2 * position])
+        return augment(common.read_image(paths_t[row]), seed, args), labels_t[row], row
 
     def load_mine(count, row):  # count: of this worker's images; position: in the stream
         return load(count // share * size + worker * share + count % share, row)
@@ -222,6 +205,31 @@ def make_dataset(paths: np.ndarray, labels: np.ndarray, args: argparse.Namespace
         sampler, output_signature=tf.TensorSpec((size,), tf.int64))
     dataset = tf.data.Dataset.zip(dataset.batch(share), whole)
     return dataset.map(lambda mine, rows: (*mine[:2], rows)).prefetch(2)
+
+
+def augment(image, seed, args: argparse.Namespace):
+    """Resizes a decoded image (H, W, 3) uint8 to the net input size, with the augmentations
+    of `args` seeded by `seed` (2,) int64: crop, flip, pad-and-crop, random erasing.
+
+    Returns:
+        (height, width, 3) float32 in [0, 255].
+    """
+    import tensorflow as tf
+    height, width = args.net_input_height, args.net_input_width
+    flip_seed = seed + tf.constant([0, 1], tf.int64)
+    if args.crop_augment:
+        image = common.resize_image(image, args.pre_crop_height, args.pre_crop_width)
+        image = tf.image.stateless_random_crop(image, (height, width, 3), seed)
+    else:
+        image = common.resize_image(image, height, width)
+    if args.flip_augment:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    pad, erasing = getattr(args, 'pad_crop', 0), getattr(args, 'random_erasing', 0.0)
+    if pad:  # seeds of their own, derived from the image's position like the others
+        image = pad_crop(image, pad, tf.random.experimental.stateless_fold_in(seed, 2))
+    if erasing:
+        image = random_erasing(image, tf.random.experimental.stateless_fold_in(seed, 3), erasing)
+    return image
 
 
 def random_erasing(image, seed, probability: float, area=ERASING_AREA, aspect=ERASING_ASPECT,

@@ -297,6 +297,25 @@ def write_projector(folder: str, emb: np.ndarray, pids: np.ndarray, fids: np.nda
 
 
 # ----------------------------------------------------------------------------- main
+def shard_of(args: argparse.Namespace, pids: np.ndarray, fids: np.ndarray, image_root: Path,
+             checkpoint: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """This machine's rows of --shard I/N, checked to exist, and the HDF5 attributes that let
+    the parts be joined and checked (rows, total, the dataset's digest, the checkpoint).
+
+    Raises:
+        common.InputError: the part has no rows, or one of its images is missing.
+    """
+    rows = common.part_rows(*args.shard, len(fids))
+    if rows[0] == rows[1]:
+        raise common.InputError(f'--shard {args.shard[0]}/{args.shard[1]}: {args.dataset} '
+                                f'has only {len(fids)} rows, this part none')
+    attrs = {'part_rows': rows, 'part_total': len(fids),
+             'part_dataset': common.dataset_digest(pids, fids), 'part_checkpoint': checkpoint.name}
+    pids, fids = pids[rows[0]:rows[1]], fids[rows[0]:rows[1]]
+    common.check_images(fids, image_root, args.dataset)
+    return pids, fids, attrs
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log = common.setup_logging(quiet=args.quiet)
@@ -317,16 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     image_root = Path(args.image_root or '.').expanduser()
     pids, fids = common.load_dataset(args.dataset, image_root, check_files=not args.shard)
     attrs, suffix = None, ''
-    if args.shard:  # this machine's rows; the attributes let the parts be joined and checked
-        rows = common.part_rows(*args.shard, len(fids))
-        if rows[0] == rows[1]:
-            raise common.InputError(f'--shard {args.shard[0]}/{args.shard[1]}: {args.dataset} '
-                                    f'has only {len(fids)} rows, this part none')
-        attrs = {'part_rows': rows, 'part_total': len(fids),
-                 'part_dataset': common.dataset_digest(pids, fids),
-                 'part_checkpoint': (checkpoint or experiment.latest_checkpoint(root)).name}
-        pids, fids = pids[rows[0]:rows[1]], fids[rows[0]:rows[1]]
-        common.check_images(fids, image_root, args.dataset)
+    if args.shard:
+        pids, fids, attrs = shard_of(args, pids, fids, image_root,
+                                     checkpoint or experiment.latest_checkpoint(root))
         suffix = f'_part{args.shard[0]}of{args.shard[1]}'
     filename = root / (args.filename or f'{Path(args.dataset).stem}_embeddings{suffix}.h5')
     common.probe_writable(filename)

@@ -10,8 +10,19 @@ WARMUP_START = 0.1  # the warmup's first factor, as Luo et al. (3.5e-5 up to 3.5
 
 
 def add_flags(group) -> None:
-    """Adds train.py's flags of the schedule beyond --learning_rate, --train_iterations and
-    --decay_start_iteration (which stay with train.py) to an argparse group."""
+    """Adds train.py's flags of Adam's learning rate, its schedule and the iterations to an
+    argparse group."""
+    group.add_argument('--learning_rate', default=3e-4, type=common.positive_float,
+                       help="Adam's initial learning rate.")
+    group.add_argument('--train_iterations', default=25000, type=common.positive_int,
+                       help='Number of training iterations (batches).')
+    group.add_argument('--decay_start_iteration', default=15000, type=int,
+                       help='Iteration from which the learning rate decays exponentially, reaching '
+                            '0.001 x --learning_rate at --train_iterations; -1 (or a value >= '
+                            '--train_iterations): no decay.')
+    group.add_argument('--beta1_after_decay', default=None, type=common.positive_float,
+                       help="Adam's beta1 from --decay_start_iteration on (the paper used 0.5); "
+                            'default: keep 0.9 throughout, as the 2017 code did.')
     group.add_argument('--lr_schedule', default='exponential', choices=SCHEDULES,
                        help='exponential: the 2017 decay from --decay_start_iteration to 0.001x '
                             'at the end; step: x --lr_gamma at each of --lr_steps.')
@@ -26,9 +37,15 @@ def add_flags(group) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Raises common.InputError for a step schedule without steps, or steps without one.
-    (Steps at or after --train_iterations are allowed: they never come, as a decay start
-    there never does, so a shortened run of a script's settings works.)"""
+    """Raises common.InputError for a decay start before -1, a beta1 of 1 or more, a step
+    schedule without steps, or steps without one. (Steps at or after --train_iterations are
+    allowed: they never come, as a decay start there never does, so a shortened run of a
+    script's settings works.)"""
+    start = args.decay_start_iteration
+    if start < -1:
+        raise common.InputError(f'--decay_start_iteration {start} must be -1 (no decay) or >= 0')
+    if args.beta1_after_decay is not None and not args.beta1_after_decay < 1:
+        raise common.InputError(f'--beta1_after_decay {args.beta1_after_decay} must be below 1')
     if args.lr_schedule == 'step' and not args.lr_steps:
         raise common.InputError('--lr_schedule step needs --lr_steps, e.g. --lr_steps 7440,13020')
     if args.lr_schedule != 'step' and args.lr_steps:

@@ -54,18 +54,7 @@ parser.add_argument('--loss', default='batch_hard', choices=loss.LOSSES,
                     help='batch_hard: hardest positive and negative per anchor; batch_all: '
                          'mean over all valid triplets of the batch.')
 loss.add_flags(parser.add_argument_group('beside the triplet loss (the strong baseline)'))
-parser.add_argument('--learning_rate', default=3e-4, type=common.positive_float,
-                    help="Adam's initial learning rate.")
-parser.add_argument('--train_iterations', default=25000, type=common.positive_int,
-                    help='Number of training iterations (batches).')
-parser.add_argument('--decay_start_iteration', default=15000, type=int,
-                    help='Iteration from which the learning rate decays exponentially, reaching '
-                         '0.001 x --learning_rate at --train_iterations; -1 (or a value >= '
-                         '--train_iterations): no decay.')
 schedule.add_flags(parser.add_argument_group('learning-rate schedule'))
-parser.add_argument('--beta1_after_decay', default=None, type=common.positive_float,
-                    help="Adam's beta1 from --decay_start_iteration on (the paper used 0.5); "
-                         'default: keep 0.9 throughout, as the 2017 code did.')
 parser.add_argument('--checkpoint_frequency', default=1000, type=common.nonnegative_int,
                     help='Save a checkpoint every this many iterations; 0: only the final one.')
 parser.add_argument('--detailed_logs', action='store_true', default=False,
@@ -97,14 +86,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.batch_p < 2 or args.batch_k < 2:
         raise common.InputError(f'--batch_p {args.batch_p} --batch_k {args.batch_k}: both must '
                                 'be >= 2 (every anchor needs a positive and a negative)')
-    start = args.decay_start_iteration
-    if start < -1:  # at or after --train_iterations simply never decays
-        raise common.InputError(f'--decay_start_iteration {start} must be -1 (no decay) or >= 0')
     if args.crop_augment:
         experiment.check_crop_size((args.net_input_height, args.net_input_width),
                                    (args.pre_crop_height, args.pre_crop_width))
-    if args.beta1_after_decay is not None and not args.beta1_after_decay < 1:
-        raise common.InputError(f'--beta1_after_decay {args.beta1_after_decay} must be below 1')
     for name in ('train_set', 'image_root'):
         if getattr(args, name) is None:
             raise common.InputError(f'--{name} is required (unless --resume)')

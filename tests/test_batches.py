@@ -11,8 +11,11 @@ from conftest import write_dataset
 
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
+    """(paths, labels) of a small training set, as batches.load_training_data gives them."""
     root = tmp_path_factory.mktemp('data')
-    return write_dataset(root, n_ids=13, per_id=5, noise=4), root
+    pids, fids = common.load_dataset(write_dataset(root, n_ids=13, per_id=5, noise=4))
+    labels = np.unique(pids, return_inverse=True)[1].astype(np.int32)
+    return np.array([str(root / fid) for fid in fids]), labels
 
 
 def test_pk_batches_composition():
@@ -57,10 +60,7 @@ def test_pk_batches_are_deterministic_per_seed():
 
 
 def test_dataset_batches_match_after_resume(dataset):
-    csv, images = dataset
-    pids, fids = common.load_dataset(csv)
-    labels = np.unique(pids, return_inverse=True)[1].astype(np.int32)
-    paths = np.array([str(images / fid) for fid in fids])
+    paths, labels = dataset
     args = argparse.Namespace(batch_p=4, batch_k=3, seed=7, net_input_height=32,
                               net_input_width=16, pre_crop_height=40, pre_crop_width=20,
                               crop_augment=True, flip_augment=True, loading_threads=2)
@@ -116,10 +116,7 @@ def test_tracklet_labels_from_mars_names_else_folders():
 
 
 def test_the_pipeline_samples_by_tracklet_when_asked(dataset):
-    csv, images = dataset
-    pids, fids = common.load_dataset(csv)
-    labels = np.unique(pids, return_inverse=True)[1].astype(np.int32)
-    paths = np.array([str(images / fid) for fid in fids])
+    paths, labels = dataset
     args = argparse.Namespace(batch_p=4, batch_k=3, seed=7, net_input_height=32,
                               net_input_width=16, crop_augment=False, flip_augment=False,
                               loading_threads=2, frames_per_tracklet=1)
