@@ -28,8 +28,8 @@ class Exact:
     `candidates` returns, per query, a superset of its k nearest entries: the screening values
     are float32 (a matrix product for the euclidean metrics) and carry a rounding error that is
     bounded (Higham's dot product bound), so every entry within twice that bound of the k-th
-    smallest value is kept. cityblock has no matrix-product form: it is computed exactly in
-    float64 per block.
+    smallest value is kept. cosine screens by the negated cosine similarity. cityblock has no
+    matrix-product form: it is computed exactly in float64 per block.
     """
 
     def __init__(self, embs: np.ndarray, metric: str, block: int | None = None):
@@ -60,9 +60,15 @@ class Exact:
         return self._view[0]
 
     def _screen(self, queries: np.ndarray, embs: np.ndarray, norms: np.ndarray) -> np.ndarray:
-        """(B, S) values that rank like the distances: |g|^2 - 2 q.g, or cityblock itself."""
+        """(B, S) values that rank like the distances: |g|^2 - 2 q.g, -q.g / (|q| |g|) for
+        cosine, or cityblock itself."""
         if self.metric == 'cityblock':
             return loss.cdist(queries.astype(np.float64), embs, 'cityblock')
+        if self.metric == 'cosine':
+            values = loss.unit_rows(queries).astype(np.float32) @ embs.T
+            values /= np.maximum(np.sqrt(norms), np.float32(loss.COSINE_FLOOR))
+            np.negative(values, out=values)
+            return values
         # -2 q is exact (a power of two); adding the norms in place: one pass, no temporary.
         values = (queries * np.float32(-2)) @ embs.T
         values += norms
@@ -72,6 +78,9 @@ class Exact:
         """(B,) twice the largest rounding error of a screening value (0: cityblock is exact)."""
         if self.metric == 'cityblock' or not len(norms):
             return np.zeros(len(queries))
+        if self.metric == 'cosine':  # values in [-1, 1]: the dot product, the unit query's
+            # rounding and the division by the norm
+            return np.full(len(queries), 2 * (queries.shape[1] + 6) * EPS32)
         largest = float(np.sqrt(norms.max()))
         query_norms = np.linalg.norm(queries.astype(np.float64), axis=1)
         dim = queries.shape[1]
@@ -229,6 +238,9 @@ def distances(query: np.ndarray, embs: np.ndarray, metric: str) -> np.ndarray:
     rows are ranked with it (a matrix product's rounding can, by its blocking), so that equal
     embeddings get equal distances and keep gallery order.
     """
+    if metric == 'cosine':  # row by row, as the differences below
+        unit = loss.unit_rows(np.asarray(query, np.float64)[None])[0]
+        return 1.0 - (loss.unit_rows(np.asarray(embs, np.float64)) * unit).sum(1)
     diffs = np.asarray(embs, np.float64) - np.asarray(query, np.float64)
     if metric == 'cityblock':
         return np.abs(diffs).sum(1)
